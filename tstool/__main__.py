@@ -1,0 +1,3 @@
+from tstool.cli.app import main
+
+main()

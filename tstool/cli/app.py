@@ -1,0 +1,39 @@
+"""The tstool Typer app: maps command names to command modules."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from tstool import __version__
+from tstool.cli.commands import config_show
+
+app = typer.Typer(
+    name="tstool",
+    help="Train small TinyStories language models and measure how they use articles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(config_show.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tstool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = None,
+) -> None:
+    """Train small TinyStories language models and measure how they use articles."""
+
+
+def main() -> None:
+    app()
