@@ -39,3 +39,11 @@ class TrainingHalted(TstoolError):
     """Training stopped itself because it could not go on (for example repeated non-finite losses)."""
 
     exit_code = 1
+
+
+class Interrupted(TstoolError):
+    """Training was stopped by SIGINT/SIGTERM after saving a resumable checkpoint."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

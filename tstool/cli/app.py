@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from tstool import __version__
-from tstool.cli.commands import config_show
+from tstool.cli.commands import config_show, train_cmd
 
 app = typer.Typer(
     name="tstool",
@@ -18,6 +18,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(config_show.app, name="config")
+app.command("train")(train_cmd.train)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,169 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tstool.config import ModelConfig
+from tstool.loss import LossParts, _article_correct, weighted_cross_entropy, weighted_loss
+from tstool.model import Model
+
+VOCAB = 50
+ARTICLES = [3, 7, 11]
+IGNORE = -100
+
+
+def tables(article_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = torch.ones(VOCAB)
+    weights[ARTICLES] = article_weight
+    mask = torch.zeros(VOCAB, dtype=torch.bool)
+    mask[ARTICLES] = True
+    return weights, mask
+
+
+def batch(seed: int = 0, shape: tuple[int, int] = (4, 12)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random logits and targets with planted article targets and ignored positions."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*shape, VOCAB, generator=gen) * 3
+    targets = torch.randint(0, VOCAB, shape, generator=gen)
+    targets[:, ::4] = torch.tensor(ARTICLES)[torch.randint(0, 3, (shape[0], len(range(0, shape[1], 4))), generator=gen)]
+    targets[0, 1] = targets[2, -1] = IGNORE
+    # make some article targets the argmax so accuracy is neither 0 nor 1
+    logits[1, 0, targets[1, 0]] += 20
+    logits[-1, 4, targets[-1, 4]] += 20
+    return logits, targets
+
+
+def test_weight_one_equals_cross_entropy() -> None:
+    logits, targets = batch()
+    loss = weighted_loss(logits, targets, *tables(1.0))
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_weighted_loss_by_hand() -> None:
+    logits, targets = batch()
+    weights, mask = tables(4.0)
+    num = den = 0.0
+    for row_logits, row_targets in zip(logits.flatten(0, 1), targets.flatten()):
+        y = int(row_targets)
+        if y == IGNORE:
+            continue
+        ce = -torch.log_softmax(row_logits, dim=-1)[y].item()
+        num += float(weights[y]) * ce
+        den += float(weights[y])
+    assert weighted_loss(logits, targets, weights, mask).item() == pytest.approx(num / den, rel=1e-6)
+
+
+def test_article_breakdown_by_hand() -> None:
+    logits, targets = batch()
+    parts = weighted_cross_entropy(logits, targets, *tables(2.0))
+    flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
+    valid = flat_targets != IGNORE
+    ce = F.cross_entropy(flat_logits[valid], flat_targets[valid], reduction="none")
+    is_article = torch.isin(flat_targets[valid], torch.tensor(ARTICLES))
+    correct = (flat_logits[valid].argmax(-1) == flat_targets[valid]) & is_article
+    n_tokens, n_articles, n_correct = int(valid.sum()), int(is_article.sum()), int(correct.sum())
+    assert n_tokens == 46 and 12 <= n_articles < n_tokens and 2 <= n_correct < n_articles
+    assert parts.token_count.item() == n_tokens
+    assert parts.article_count.item() == n_articles
+    assert parts.other_count.item() == n_tokens - n_articles
+    assert parts.article_correct.item() == n_correct
+    torch.testing.assert_close(parts.article_ce_sum, ce[is_article].sum())
+    torch.testing.assert_close(parts.other_ce_sum, ce[~is_article].sum())
+    torch.testing.assert_close(parts.weight_sum, torch.tensor(n_tokens + (2.0 - 1.0) * n_articles))
+    metrics = parts.metrics()
+    assert metrics["article_loss"] == pytest.approx(ce[is_article].mean().item(), rel=1e-6)
+    assert metrics["other_loss"] == pytest.approx(ce[~is_article].mean().item(), rel=1e-6)
+    assert metrics["ratio"] == pytest.approx(metrics["article_loss"] / metrics["other_loss"])
+    assert metrics["loss_unweighted"] == pytest.approx(ce.mean().item(), rel=1e-6)
+    assert metrics["article_acc"] == pytest.approx(n_correct / n_articles)
+    assert (metrics["tokens"], metrics["article_tokens"]) == (n_tokens, n_articles)
+
+
+def test_article_accuracy_gather_and_full_argmax_agree() -> None:
+    logits, targets = batch()
+    flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
+    is_article = torch.isin(flat_targets, torch.tensor(ARTICLES))
+    gathered = _article_correct(flat_logits, flat_targets, is_article, gather=True)
+    assert gathered.item() >= 2
+    assert torch.equal(gathered, _article_correct(flat_logits, flat_targets, is_article, gather=False))
+
+
+def test_missing_articles_give_none() -> None:
+    logits, targets = batch()
+    targets = targets.masked_fill(torch.isin(targets, torch.tensor(ARTICLES)), 0)
+    metrics = weighted_cross_entropy(logits, targets, *tables(3.0)).metrics()
+    assert metrics["article_loss"] is None and metrics["ratio"] is None and metrics["article_acc"] is None
+    assert metrics["article_tokens"] == 0 and metrics["other_loss"] is not None
+    all_ignored = weighted_cross_entropy(logits, torch.full_like(targets, IGNORE), *tables(3.0)).metrics()
+    assert all_ignored["loss"] is None and all_ignored["tokens"] == 0
+
+
+def test_halves_accumulate_to_full_batch() -> None:
+    logits, targets = batch(shape=(6, 10))
+    weights, mask = tables(3.0)
+    full = weighted_cross_entropy(logits, targets, weights, mask)
+    halves = weighted_cross_entropy(logits[:3], targets[:3], weights, mask) + weighted_cross_entropy(
+        logits[3:], targets[3:], weights, mask
+    )
+    torch.testing.assert_close(halves.as_vector(), full.as_vector())
+    assert halves.metrics() == pytest.approx(full.metrics())
+
+
+def test_vector_round_trip() -> None:
+    parts = weighted_cross_entropy(*batch(), *tables(2.0))
+    again = LossParts.from_vector(parts.as_vector())
+    assert again.metrics() == parts.metrics()
+
+
+def test_bf16_logits_are_upcast() -> None:
+    logits, targets = batch()
+    parts = weighted_cross_entropy(logits.bfloat16(), targets, *tables(1.0))
+    assert parts.weighted_sum.dtype == torch.float32
+    expected = F.cross_entropy(logits.bfloat16().float().flatten(0, 1), targets.flatten(), reduction="sum")
+    torch.testing.assert_close(parts.weighted_sum, expected)
+
+
+def small_model() -> Model:
+    torch.manual_seed(0)
+    return Model(ModelConfig(d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, max_seq_len=16), VOCAB)
+
+
+def grads(model: Model) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_gradient_with_weight_one_equals_cross_entropy() -> None:
+    model = small_model()
+    idx = torch.randint(0, VOCAB, (3, 16))
+    _, targets = batch(shape=(3, 16))
+    parts = weighted_cross_entropy(model(idx), targets, *tables(1.0))
+    (parts.weighted_sum / parts.weight_sum).backward()
+    ours = grads(model)
+    model.zero_grad()
+    F.cross_entropy(model(idx).flatten(0, 1), targets.flatten(), ignore_index=IGNORE).backward()
+    for a, b in zip(ours, grads(model)):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_accumulated_micro_batches_match_one_large_batch() -> None:
+    """Dividing each micro-batch's weighted sum by the step's total weight gives the full batch's gradient."""
+    model = small_model()
+    weights, mask = tables(5.0)
+    idx = torch.randint(0, VOCAB, (8, 16))
+    _, targets = batch(shape=(8, 16))
+    full = weighted_cross_entropy(model(idx), targets, weights, mask)
+    (full.weighted_sum / full.weight_sum).backward()
+    expected = grads(model)
+    model.zero_grad()
+    total_weight = (weights[targets.clamp_min(0)] * (targets != IGNORE)).sum()
+    accumulated = None
+    for micro_idx, micro_targets in zip(idx.chunk(4), targets.chunk(4)):
+        parts = weighted_cross_entropy(model(micro_idx), micro_targets, weights, mask)
+        (parts.weighted_sum / total_weight).backward()
+        accumulated = parts.detach() if accumulated is None else accumulated + parts.detach()
+    for a, b in zip(grads(model), expected):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    assert accumulated.metrics()["loss"] == pytest.approx(full.metrics()["loss"], rel=1e-6)
+    assert not math.isnan(accumulated.metrics()["ratio"])

@@ -1,0 +1,394 @@
+"""The training loop. Building happens in `Trainer.__init__`; the loop calls small components
+(sampler, loss, optimizer schedule, evaluation, checkpoints, metric sinks) and never renders anything:
+it reports events through the `emit` callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from tstool import checkpoint as ckpt
+from tstool.articles import ArticleSet, resolve_articles
+from tstool.batches import BlockSampler, SamplerState, eval_block_ids, gather_blocks, split_block
+from tstool.config import Config
+from tstool.errors import Interrupted, TrainingHalted
+from tstool.faults import nan_at
+from tstool.health import HealthMonitor, ratio_band
+from tstool.loss import LossParts, weighted_cross_entropy
+from tstool.metrics_log import MetricsLog
+from tstool.model import TinyLlama, flops_per_token, param_groups
+from tstool.optim import build_optimizer, learning_rate
+from tstool.packing import load_tokens, require_blocks
+from tstool.run_dir import RunDir
+from tstool.runtime import (
+    all_reduce_sum,
+    autocast,
+    check_dtype,
+    init_distributed,
+    peak_matmul_flops,
+    process_device,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from tstool.tokenizer import load_tokenizer
+
+Emit = Callable[[dict[str, Any]], None]
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+INIT_LOSS_TOLERANCE = 0.10
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    resume: str | None = None  # "auto" (the out dir's latest checkpoint) or a checkpoint path
+    overwrite: bool = False
+    stop_after: int | None = None  # optimizer steps in this invocation
+
+
+@dataclass
+class TrainSummary:
+    step: int
+    max_steps: int
+    checkpoint: Path | None
+    last_train: dict[str, Any] | None
+    last_val: dict[str, Any] | None
+    best_val_loss: float | None
+    wall_time_s: float
+    bad_steps: int
+
+
+def zero_parts(device: torch.device) -> LossParts:
+    return LossParts.from_vector(torch.zeros(len(fields(LossParts)), dtype=torch.float64, device=device))
+
+
+def metrics_from_parts(parts: LossParts) -> dict[str, float | None]:
+    values = parts.metrics()
+    values["ppl"] = math.exp(values["loss_unweighted"]) if values["loss_unweighted"] is not None else None
+    return values
+
+
+class Trainer:
+    def __init__(self, cfg: Config, options: RunOptions, emit: Emit):
+        self.cfg, self.options, self.emit = cfg, options, emit
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        device = resolve_device(tc.device)
+        check_dtype(device, tc.dtype)
+        self.ddp = init_distributed(device)
+        self.device = process_device(device, self.ddp)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        self.articles: ArticleSet = resolve_articles(
+            self.tokenizer, cfg.articles, require_single=tc.article_weight != 1.0
+        )
+        self.run_dir = RunDir(options.out_dir)
+        resume_path = self.run_dir.prepare(cfg, self.tokenizer, options.resume, options.overwrite, self.ddp.is_main)
+
+        seq_len = cfg.model.max_seq_len
+        self.train_tokens = self._load_split("train")
+        self.val_tokens = self._load_split("val")
+        for split, stream in (("train", self.train_tokens), ("val", self.val_tokens)):
+            require_blocks(stream, seq_len, split)
+        self.sampler = BlockSampler(
+            len(self.train_tokens.tokens), seq_len, tc.batch_size, tc.seed, self.ddp.rank, self.ddp.world
+        )
+        self.val_ids = eval_block_ids(len(self.val_tokens.tokens), seq_len, tc.eval_batches * tc.batch_size)
+
+        seed_everything(tc.seed)
+        self.model = TinyLlama(cfg.model, self.tokenizer.vocab_size).to(self.device)
+        self.optimizer = build_optimizer(param_groups(self.model, tc.weight_decay), tc, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.dtype == "fp16")
+        self.weight_table = self.articles.weight_table(tc.article_weight).to(self.device)
+        self.article_mask = self.articles.mask_table().to(self.device)
+        self.step, self.bad_steps, self.best_val = 0, 0, float("inf")
+        if resume_path is not None:
+            self._restore(resume_path)
+        else:
+            self._self_check()
+        self.metrics = MetricsLog(self.run_dir.metrics_path, self.step if resume_path else None) if self.ddp.is_main else None
+        self.health = HealthMonitor()
+        self.forward_model: torch.nn.Module = torch.compile(self.model) if tc.compile else self.model
+        if self.ddp.enabled:
+            self.forward_model = DistributedDataParallel(self.forward_model)
+        self.tokens_per_step = tc.batch_size * tc.grad_accum * self.ddp.world * seq_len
+        self.flops_per_token = flops_per_token(cfg.model, self.tokenizer.vocab_size, seq_len)
+        self.peak_flops = peak_matmul_flops(self.device, tc.dtype)
+        self.stop_signal: int | None = None
+
+    # -- building blocks -------------------------------------------------------------------------
+    def _load_split(self, split: str):
+        def progress(done: int, total: int) -> None:
+            self.emit({"event": "tokenize", "split": split, "done": done, "total": total})
+
+        # Rank 0 fills the cache first so other ranks only read it.
+        if self.ddp.enabled and not self.ddp.is_main:
+            torch.distributed.barrier()
+        stream = load_tokens(self.cfg.data, split, self.tokenizer, progress if self.ddp.is_main else None)
+        if self.ddp.enabled and self.ddp.is_main:
+            torch.distributed.barrier()
+        return stream
+
+    def _loss_parts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossParts:
+        with autocast(self.device, self.cfg.train.dtype):
+            logits = model(x)
+        return weighted_cross_entropy(logits, y, self.weight_table, self.article_mask)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _self_check(self) -> None:
+        """Labels aligned once, and a fresh model's loss near ln(V): catches the double-shift bug early."""
+        probe = BlockSampler(len(self.train_tokens.tokens), self.cfg.model.max_seq_len, 4, self.cfg.train.seed)
+        blocks = gather_blocks(self.train_tokens.tokens, probe.next_ids(), self.cfg.model.max_seq_len)
+        x, y = split_block(blocks)
+        if not torch.equal(y[:, :-1], x[:, 1:]):
+            raise TrainingHalted("self-check failed: targets are not the inputs shifted by one token")
+        with torch.no_grad():
+            parts = weighted_cross_entropy(self.model(x.to(self.device)), y.to(self.device), torch.ones_like(self.weight_table), self.article_mask)
+        loss, expected = float(parts.ce_sum / parts.token_count), math.log(self.tokenizer.vocab_size)
+        if abs(loss - expected) > INIT_LOSS_TOLERANCE * expected:
+            raise TrainingHalted(
+                f"self-check failed: a fresh model's loss is {loss:.3f}, not within 10% of ln(vocab) = {expected:.3f}"
+            )
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "sampler": {"epoch": self.sampler.state.epoch, "cursor": self.sampler.state.cursor},
+            "rng": rng_state(),
+            "best_val": self.best_val,
+            "bad_steps": self.bad_steps,
+        }
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "config_version": self.cfg.config_version,
+            "tokenizer_sha256": self.tokenizer.sha256,
+            "vocab_size": self.tokenizer.vocab_size,
+            "article_ids": self.articles.ids,
+            "article_forms": [f.text for f in self.articles.forms if f.single_token],
+            "epoch": self.sampler.epoch_progress,
+            "tokens": self.step * self.tokens_per_step,
+            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+        }
+
+    def save(self) -> Path | None:
+        if not self.ddp.is_main:
+            return None
+        path = ckpt.save_checkpoint(self.run_dir.path, self.step, ckpt.model_weights(self.model), self._state(), self._meta())
+        ckpt.prune(self.run_dir.path, self.cfg.train.keep_last)
+        self.emit({"event": "checkpoint", "step": self.step, "path": str(path)})
+        return path
+
+    def _restore(self, path: Path) -> None:
+        loaded = ckpt.load_checkpoint(path, with_state=True)
+        self.run_dir.check_compatible(loaded.meta, self.cfg, self.tokenizer)
+        ckpt.load_weights(self.model, loaded.weights)
+        state = loaded.state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_val, self.bad_steps = int(state["step"]), float(state["best_val"]), int(state["bad_steps"])
+        self.sampler.load_state(SamplerState(**state["sampler"]))
+        set_rng_state(state["rng"])
+        self.emit({"event": "resumed", "step": self.step, "path": str(loaded.path)})
+
+    # -- one optimizer step ----------------------------------------------------------------------
+    def _train_step(self) -> tuple[LossParts, torch.Tensor, bool]:
+        tc = self.cfg.train
+        micro = [self.sampler.next_batch(self.train_tokens.tokens) for _ in range(tc.grad_accum)]
+        # Normalise by the total weight of the whole step (all micro-batches, all ranks); DDP averages
+        # gradients over ranks, so multiply back by the world size.
+        total_weight = sum(self.weight_table.cpu()[y].sum() for _, y in micro).to(self.device)
+        scale = self.ddp.world / all_reduce_sum(total_weight, self.ddp)
+        lr = learning_rate(self.step, tc)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        step_parts = zero_parts(self.device)
+        for index, (x, y) in enumerate(micro):
+            last = index == len(micro) - 1
+            sync = contextlib.nullcontext() if last or not self.ddp.enabled else self.forward_model.no_sync()
+            with sync:
+                parts = self._loss_parts(self.forward_model, self._to_device(x), self._to_device(y))
+                if nan_at(self.step):
+                    parts.weighted_sum = parts.weighted_sum * float("nan")
+                self.scaler.scale(parts.weighted_sum * scale).backward()
+            step_parts = step_parts + parts.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf"))
+        finite = torch.isfinite(step_parts.weighted_sum)
+        if not self.scaler.is_enabled():
+            finite = finite & torch.isfinite(grad_norm)
+        ok = bool(all_reduce_sum(finite.float(), self.ddp).item() == self.ddp.world)
+        if ok:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_parts, grad_norm, ok
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        self.model.eval()
+        parts = zero_parts(self.device)
+        mine = self.val_ids[self.ddp.rank :: self.ddp.world]
+        seq_len, batch = self.cfg.model.max_seq_len, self.cfg.train.batch_size
+        for start in range(0, len(mine), batch):
+            x, y = split_block(gather_blocks(self.val_tokens.tokens, mine[start : start + batch], seq_len))
+            parts = parts + self._loss_parts(self.model, self._to_device(x), self._to_device(y))
+        self.model.train()
+        parts = LossParts.from_vector(all_reduce_sum(parts.as_vector(), self.ddp))
+        values = metrics_from_parts(parts)
+        values["bpb"] = values["loss_unweighted"] / math.log(2) / self.val_tokens.bytes_per_token
+        return {"event": "val", "split": "val", "step": self.step, **values}
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor(float(self.stop_signal is not None))
+        return bool(all_reduce_sum(flag, self.ddp).item() > 0)
+
+    def run(self) -> TrainSummary:
+        tc = self.cfg.train
+        self.emit(self._start_event())
+        previous = {s: signal.signal(s, self._on_signal) for s in SIGNAL_EXIT}
+        started, window_start = time.perf_counter(), time.perf_counter()
+        window = zero_parts(self.device)
+        last_train = last_val = None
+        checkpoint: Path | None = None
+        steps_this_run, window_steps = 0, 0
+        try:
+            while self.step < tc.max_steps:
+                parts, grad_norm, ok = self._train_step()
+                self.step += 1
+                steps_this_run += 1
+                if ok:
+                    self.bad_steps, window, window_steps = 0, window + parts, window_steps + 1
+                else:
+                    self._on_bad_step()
+                if self.step % tc.log_interval == 0 or self.step == tc.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last_train = self._train_record(window, grad_norm, window_steps, elapsed, started)
+                    self._log(last_train, self.health.check_train(last_train))
+                    window, window_steps, window_start = zero_parts(self.device), 0, time.perf_counter()
+                if self.step % tc.eval_interval == 0 or self.step == tc.max_steps:
+                    last_val = self.evaluate()
+                    self._log(last_val, self.health.check_val(last_val))
+                    if last_val["loss_unweighted"] < self.best_val:
+                        self.best_val = last_val["loss_unweighted"]
+                        checkpoint = self.save()
+                        if checkpoint:
+                            ckpt.mark_best(self.run_dir.path, checkpoint)
+                if self.step % tc.ckpt_interval == 0 and (checkpoint is None or not checkpoint.name.endswith(f"{self.step:07d}")):
+                    checkpoint = self.save()
+                if self._should_stop() or (self.options.stop_after and steps_this_run >= self.options.stop_after):
+                    break
+            if checkpoint is None or not checkpoint.name.endswith(f"{self.step:07d}"):
+                checkpoint = self.save()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if self.metrics:
+                self.metrics.close()
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            raise Interrupted(
+                f"stopped by {name} at step {self.step}; checkpoint saved to {checkpoint}; "
+                "continue with --resume auto", SIGNAL_EXIT[self.stop_signal]
+            )
+        summary = TrainSummary(
+            step=self.step, max_steps=tc.max_steps, checkpoint=checkpoint, last_train=last_train, last_val=last_val,
+            best_val_loss=None if math.isinf(self.best_val) else self.best_val,
+            wall_time_s=time.perf_counter() - started, bad_steps=self.bad_steps,
+        )
+        self.emit({"event": "end", "step": self.step, "checkpoint": str(checkpoint)})
+        return summary
+
+    def _on_bad_step(self) -> None:
+        self.bad_steps += 1
+        self.emit({"event": "warning", "step": self.step, "message": f"non-finite loss at step {self.step}: update skipped"})
+        if self.metrics:
+            self.metrics.write({"step": self.step, "event": "skipped", "reason": "non-finite loss", "bad_steps": self.bad_steps})
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            last = ckpt.resolve_checkpoint(self.run_dir.path) if (self.run_dir.path / ckpt.CKPT_DIR / "latest").exists() else None
+            raise TrainingHalted(
+                f"{self.bad_steps} non-finite losses in a row at step {self.step}: stopped; last good checkpoint: "
+                f"{last or 'none yet'}. Lower train.lr or use --dtype fp32, then --resume auto"
+            )
+
+    def _start_event(self) -> dict[str, Any]:
+        tc = self.cfg.train
+        return {
+            "event": "start",
+            "step": self.step,
+            "max_steps": tc.max_steps,
+            "parameters": self.model.num_parameters(),
+            "expected_parameters": self.cfg.model.num_params(self.tokenizer.vocab_size),
+            "device": str(self.device),
+            "dtype": tc.dtype,
+            "world": self.ddp.world,
+            "train_tokens": len(self.train_tokens.tokens),
+            "val_tokens": len(self.val_tokens.tokens),
+            "tokens_per_step": self.tokens_per_step,
+            "article_weight": tc.article_weight,
+            "article_ids": self.articles.ids,
+            "article_forms": [f.text for f in self.articles.forms if f.single_token],
+            "out_dir": str(self.run_dir.path),
+        }
+
+    def _train_record(
+        self, window: LossParts, grad_norm: torch.Tensor, steps: int, elapsed: float, started: float
+    ) -> dict[str, Any]:
+        tc = self.cfg.train
+        values = metrics_from_parts(window) if steps else {}
+        tokens_per_s = steps * self.tokens_per_step / max(elapsed, 1e-9)
+        remaining = (tc.max_steps - self.step) * self.tokens_per_step / max(tokens_per_s, 1e-9)
+        record = {
+            "event": "train",
+            "step": self.step,
+            "max_steps": tc.max_steps,
+            "epoch": round(self.sampler.epoch_progress, 4),
+            **values,
+            "tokens": self.step * self.tokens_per_step,
+            "ratio_band": ratio_band(values.get("ratio"))[0],
+            "lr": learning_rate(self.step - 1, tc),
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.flops_per_token / self.ddp.world / self.peak_flops,
+            "eta_s": remaining,
+            "elapsed_s": time.perf_counter() - started,
+            "bad_steps": self.bad_steps,
+        }
+        return record
+
+    def _log(self, record: dict[str, Any], warnings: list[str]) -> None:
+        if not self.ddp.is_main:
+            return
+        self.emit(record)
+        assert self.metrics is not None
+        self.metrics.write({k: v for k, v in record.items() if k != "event"})
+        for message in warnings:
+            self.emit({"event": "warning", "step": record["step"], "message": message})
+
+
+def train(cfg: Config, options: RunOptions, emit: Emit = lambda event: None) -> TrainSummary:
+    return Trainer(cfg, options, emit).run()
