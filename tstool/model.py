@@ -105,10 +105,10 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, K = self.n_heads, self.kv_heads
         qkv = self.qkv_proj(x).view(B, T, H + 2 * K, self.head_dim)  # (B, T, H+2K, hd)
-        qk = apply_rope(qkv[:, :, : H + K], cos, sin)  # q and k rotated in one pass: (B, T, H+K, hd)
-        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
-        k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, hd)
-        v = qkv[:, :, H + K :].transpose(1, 2)  # (B, K, T, hd)
+        # split, not slicing: its backward is one cat instead of zero-filled buffers per slice
+        qk, v = qkv.split([H + K, K], dim=2)  # (B, T, H+K, hd), (B, T, K, hd)
+        q, k = apply_rope(qk, cos, sin).split([H, K], dim=2)  # q and k rotated in one pass
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, hd); SDPA takes strides
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, pos+T, hd)
         # An explicit mask only for a chunk after cached positions; otherwise SDPA's own causal path.

@@ -59,6 +59,8 @@ class RunDir:
     ) -> Path | None:
         """Check the folder may be used as asked, write config and tokenizer; return the checkpoint to resume."""
         resume_path = self._resume_path(resume)
+        if resume_path is not None:  # before anything in the folder is touched
+            self.check_compatible(ckpt.read_meta(resume_path), cfg, tokenizer)
         saved = self.saved_config()
         if resume_path is None and saved is not None and not overwrite:
             differences = config_differences(saved, cfg.to_dict())
@@ -100,7 +102,10 @@ class RunDir:
                 f"but the tokenizer in use ({tokenizer.source}) is {tokenizer.sha256[:12]}…: "
                 "pass the run's own tokenizer (--tokenizer RUN_DIR) or start a new run"
             )
-        differences = config_differences(meta["config"]["model"], cfg.model.model_dump(mode="json"))
+        # Dropout is a training choice, not part of the shape; everything else must match.
+        saved = {k: v for k, v in meta["config"]["model"].items() if k != "dropout"}
+        wanted = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k != "dropout"}
+        differences = config_differences({"model": saved}, {"model": wanted})
         if differences:
             raise CheckpointError(
                 f"the checkpoint's model shape differs from the config ({'; '.join(differences)}): "

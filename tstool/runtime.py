@@ -122,8 +122,10 @@ def peak_matmul_flops(device: torch.device, dtype: str, size: int = 1024, repeat
     import time
 
     torch_dtype = AUTOCAST_DTYPES.get(dtype, torch.float32)
-    a = torch.randn(size, size, device=device, dtype=torch_dtype)
-    b = torch.randn(size, size, device=device, dtype=torch_dtype)
+    # Inputs from the CPU with a private generator: the global RNG (dropout) must not move.
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=torch_dtype)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=torch_dtype)
     a @ b  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()

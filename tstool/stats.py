@@ -8,8 +8,9 @@ Definitions used throughout (and written into every stats document):
   a space precedes it, `_bare` otherwise (text start, newline, quote); "other" for cases like "THE".
 - An article is *sentence-initial* when nothing but spaces, quotes and brackets separates it from the
   start of the text, a line break, or one of . ! ? ….
-- A *context* is the one or two words right before a word, with only spaces between (no punctuation,
-  no line break), lowercased; its rate is the share of its occurrences followed by an article.
+- A *context* is one or two lowercased words directly followed by another word (only spaces between:
+  no punctuation, no line break); its count is how often that happens, its rate the share of those
+  next words that are articles.
 
 `count_articles` is a pure function on one text, reused to score generated continuations.
 """
@@ -55,9 +56,7 @@ Progress = Callable[[int, int], None]
 def _article_re(words: tuple[str, ...]) -> re.Pattern[str]:
     """Whole-word, case-insensitive match of the article words, with word edges as `WORD_PATTERN` has them."""
     alternatives = "|".join(re.escape(w) for w in sorted({w.lower() for w in words}, key=len, reverse=True))
-    return re.compile(
-        rf"(?<!{LETTER})(?<!{LETTER}['’])(?:{alternatives})(?!{LETTER})(?!['’]{LETTER})", re.IGNORECASE
-    )
+    return re.compile(rf"(?<!{LETTER})(?<!{LETTER}['’])(?:{alternatives})(?!{LETTER})(?!['’]{LETTER})", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def find_articles(text: str, words: Sequence[str] = DEFAULT_WORDS, start: int = 
 
 
 def count_words(text: str, start: int = 0) -> int:
-    return sum(1 for _ in WORD_RE.finditer(text, start))
+    return len(WORD_RE.findall(text, start))
 
 
 @dataclass
@@ -135,6 +134,9 @@ class ArticleCounts:
     def by_form(self) -> dict[str, int]:
         return dict(self._sum_by(lambda k: k[1]).most_common())
 
+    def by_word_form(self) -> Counter[tuple[str, str]]:
+        return self._sum_by(lambda k: k[:2])
+
     def by_position(self) -> dict[str, int]:
         initial = self._sum_by(lambda k: k[2])[True]
         return {"initial": initial, "inner": self.total - initial}
@@ -151,7 +153,7 @@ class ArticleCounts:
     def rows(self) -> list[dict[str, Any]]:
         """One row per (word, form), most frequent first: sentence-initial and inner counts, rate."""
         rows = []
-        for (word, form), count in self._sum_by(lambda k: k[:2]).most_common():
+        for (word, form), count in self.by_word_form().most_common():
             initial = self.counts[(word, form, True)]
             rows.append(
                 {
@@ -209,7 +211,7 @@ def _inside_word(text: str, start: int, end: int) -> bool:
 
 
 def _tally_tokens(tokenizer: TextTokenizer, stories: list[str], ids: frozenset[int], into: TokenCounts) -> None:
-    for story, encoding in zip(stories, tokenizer.backend.encode_batch(stories, add_special_tokens=False)):
+    for story, encoding in zip(stories, tokenizer.backend.encode_batch(stories, add_special_tokens=False), strict=True):
         token_ids = encoding.ids
         into.lengths.append(len(token_ids))
         hits = [i for i, t in enumerate(token_ids) if t in ids]
@@ -233,9 +235,9 @@ def _chunked(stories: list[str], progress: Progress | None, size: int = CHUNK_SI
 def count_article_tokens(
     tokenizer: TextTokenizer, stories: list[str], ids: Sequence[int], progress: Progress | None = None
 ) -> TokenCounts:
-    counts = TokenCounts()
+    counts, wanted = TokenCounts(), frozenset(ids)
     for chunk in _chunked(stories, progress):
-        _tally_tokens(tokenizer, chunk, frozenset(ids), counts)
+        _tally_tokens(tokenizer, chunk, wanted, counts)
     return counts
 
 
@@ -328,6 +330,15 @@ class NextWord:
     share: float
 
 
+def _context_words(text: str) -> list[str | None]:
+    """Lowercased words, with None wherever punctuation or a line break separates two words."""
+    words: list[str | None] = []
+    for chunk in CONTEXT_BREAK.split(text.lower()):
+        words += WORD_RE.findall(chunk)
+        words.append(None)
+    return words
+
+
 @dataclass
 class _WordTally:
     """What the word-level pass accumulates over a corpus."""
@@ -336,9 +347,11 @@ class _WordTally:
     counts: ArticleCounts = field(default_factory=ArticleCounts)
     per_story: list[float] = field(default_factory=list)
     without_articles: int = 0
-    bigrams: Counter[tuple[str, str]] = field(default_factory=Counter)
-    pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
-    pair_articles: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # Adjacent word pairs; pairs with None (a break) are never read back.
+    bigrams: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
+    # Word pairs directly followed by a break, i.e. pairs that are not a two-word context of anything.
+    pair_ends: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
+    pair_articles: Counter[tuple[str | None, str | None, str]] = field(default_factory=Counter)
 
     def add(self, story: str) -> None:
         story_counts = count_articles(story, self.words)
@@ -347,42 +360,50 @@ class _WordTally:
             self.per_story.append(story_counts.per_100_words())
         if not story_counts.total:
             self.without_articles += 1
-        articles = set(self.words)
-        for chunk in CONTEXT_BREAK.split(story.lower()):
-            ws = WORD_RE.findall(chunk)
-            if len(ws) < 2:
-                continue
-            self.bigrams.update(pairwise(ws))
-            self.pairs.update(zip(ws, ws[1:-1]))
-            self.pair_articles.update((a, b, c) for a, b, c in zip(ws, ws[1:], ws[2:]) if c in articles)
+        # One Counter update per story, not per phrase: updates have a high fixed cost.
+        ws = _context_words(story)
+        self.bigrams.update(pairwise(ws))
+        # Only the few positions holding a break or an article end a pair of interest.
+        marks = [i for i, w in enumerate(ws) if (w is None or w in self.words) and i >= 2]
+        self.pair_ends.update((ws[i - 2], ws[i - 1]) for i in marks if ws[i] is None)
+        self.pair_articles.update((ws[i - 2], ws[i - 1], ws[i]) for i in marks if ws[i] is not None)
 
     def next_words(self, top: int) -> dict[str, list[NextWord]]:
         after: dict[str, Counter[str]] = {w: Counter() for w in self.words}
         for (first, second), n in self.bigrams.items():
-            if first in after:
+            if first in after and second is not None:
                 after[first][second] += n
         return {
             w: [NextWord(nw, n, n / max(1, sum(c.values()))) for nw, n in c.most_common(top)] for w, c in after.items()
         }
 
     def contexts(self, top: int) -> list[ContextRate]:
-        """The `top // 2` most frequent one-word and `top - top // 2` two-word contexts, most frequent first."""
+        """The `top // 2` most frequent one-word and `top - top // 2` two-word contexts, most frequent first.
+
+        Contexts ending in an article ("the", "in the") are left out: an article never follows them.
+        """
         single: Counter[str] = Counter()
+        pairs: Counter[tuple[str, str]] = Counter()
         single_articles: dict[str, Counter[str]] = {}
         for (first, second), n in self.bigrams.items():
-            single[first] += n
+            if first is None or second is None:
+                continue
+            if first not in self.words:
+                single[first] += n
+            if second not in self.words:
+                pairs[(first, second)] += n - self.pair_ends[(first, second)]
             if second in self.words:
                 single_articles.setdefault(first, Counter())[second] += n
-        pair_by_article: dict[tuple[str, str], Counter[str]] = {}
+        pair_articles: dict[tuple[str | None, str | None], Counter[str]] = {}
         for (a, b, article), n in self.pair_articles.items():
-            pair_by_article.setdefault((a, b), Counter())[article] += n
+            pair_articles.setdefault((a, b), Counter())[article] += n
         rates = [
             ContextRate(w, n, dict(single_articles.get(w, Counter()).most_common()))
             for w, n in single.most_common(top // 2)
         ]
         rates += [
-            ContextRate(f"{a} {b}", n, dict(pair_by_article.get((a, b), Counter()).most_common()))
-            for (a, b), n in self.pairs.most_common(top - top // 2)
+            ContextRate(f"{a} {b}", n, dict(pair_articles.get((a, b), Counter()).most_common()))
+            for (a, b), n in pairs.most_common(top - top // 2)
         ]
         return sorted(rates, key=lambda r: -r.count)
 
@@ -391,8 +412,8 @@ DEFINITIONS = {
     "article": "a whole word equal, ignoring case, to an article word",
     "form": "lower/cap by case; _space when a space precedes the article, _bare otherwise; other for e.g. THE",
     "sentence_initial": "only spaces, quotes or brackets between the article and the text start, a line break or . ! ?",
-    "context": "the 1-2 lowercased words right before a word, separated by spaces only; "
-    "rate = share of its occurrences followed by an article",
+    "context": "1-2 lowercased words directly followed by another word (spaces only between); count = how often, "
+    "rate = share of those next words that are articles",
     "inside_word": "occurrences of an article token that are part of a longer word (theater, banana)",
 }
 
@@ -448,8 +469,6 @@ class DatasetStats:
         }
 
 
-
-
 def dataset_stats(
     corpus: Corpus,
     tokenizer: TextTokenizer,
@@ -463,7 +482,7 @@ def dataset_stats(
     words = tuple(w.lower() for w in words)
     tally = _WordTally(words=words)
     token_counts = TokenCounts()
-    ids = frozenset(f.ids[0] for f in articles.forms if f.single_token)
+    ids = frozenset(articles.ids)
     for chunk in _chunked(corpus.stories, progress):
         _tally_tokens(tokenizer, chunk, ids, token_counts)
         for story in chunk:
@@ -484,10 +503,17 @@ def dataset_stats(
     )
 
 
-def write_json_atomic(data: Any, path: Path) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename it over `path` (never half-written)."""
+def check_out_path(path: Path) -> None:
+    """Fail before any work when `path` can never be written as a file."""
     if path.is_dir():
         raise InputError(f"--out {path} is a folder: pass a file name such as {path / 'stats.json'}")
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise InputError(f"--out {path}: a parent of it is a file, not a folder: choose another path")
+
+
+def write_json_atomic(data: Any, path: Path) -> Path:
+    """Write JSON to a temporary file beside `path`, then rename it over `path` (never half-written)."""
+    check_out_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

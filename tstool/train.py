@@ -21,7 +21,7 @@ from tstool import checkpoint as ckpt
 from tstool.articles import ArticleSet, resolve_articles
 from tstool.batches import BlockSampler, SamplerState, eval_block_ids, gather_blocks, split_block
 from tstool.config import Config
-from tstool.errors import Interrupted, TrainingHalted
+from tstool.errors import CheckpointError, Interrupted, TrainingHalted
 from tstool.faults import nan_at
 from tstool.health import HealthMonitor, ratio_band
 from tstool.loss import LossParts, weighted_cross_entropy
@@ -67,6 +67,9 @@ class TrainSummary:
     best_val_loss: float | None
     wall_time_s: float
     bad_steps: int
+    world: int
+    is_main: bool
+    ddp_params_in_sync: bool | None
 
 
 def zero_parts(device: torch.device) -> LossParts:
@@ -193,7 +196,16 @@ class Trainer:
     def save(self) -> Path | None:
         if not self.ddp.is_main:
             return None
-        path = ckpt.save_checkpoint(self.run_dir.path, self.step, ckpt.model_weights(self.model), self._state(), self._meta())
+        try:
+            path = ckpt.save_checkpoint(
+                self.run_dir.path, self.step, ckpt.model_weights(self.model), self._state(), self._meta()
+            )
+        except OSError as exc:
+            previous = (self.run_dir.path / ckpt.CKPT_DIR / "latest").resolve()
+            raise CheckpointError(
+                f"saving the step {self.step} checkpoint failed ({exc.strerror or exc}); the previous checkpoint "
+                f"{previous if previous.exists() else '(none)'} is intact: free disk space, then --resume auto"
+            ) from None
         ckpt.prune(self.run_dir.path, self.cfg.train.keep_last)
         self.emit({"event": "checkpoint", "step": self.step, "path": str(path)})
         return path
@@ -318,10 +330,21 @@ class Trainer:
         summary = TrainSummary(
             step=self.step, max_steps=tc.max_steps, checkpoint=checkpoint, last_train=last_train, last_val=last_val,
             best_val_loss=None if math.isinf(self.best_val) else self.best_val,
-            wall_time_s=time.perf_counter() - started, bad_steps=self.bad_steps,
+            wall_time_s=time.perf_counter() - started, bad_steps=self.bad_steps, world=self.ddp.world,
+            is_main=self.ddp.is_main, ddp_params_in_sync=self._params_in_sync() if self.ddp.enabled else None,
         )
         self.emit({"event": "end", "step": self.step, "checkpoint": str(checkpoint)})
         return summary
+
+    def _params_in_sync(self) -> bool:
+        """Every rank holds the same parameters: compare checksums with an all-reduce of max and min."""
+        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+        positions = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device)
+        checksum = torch.stack([flat.sum(), (flat * flat).sum(), (flat * positions).sum()])
+        high, low = checksum.clone(), checksum.clone()
+        torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+        return bool(torch.equal(high, low))
 
     def _on_bad_step(self) -> None:
         self.bad_steps += 1

@@ -7,7 +7,16 @@ from typing import Annotated, Optional
 import typer
 
 from tstool import __version__
-from tstool.cli.commands import config_show, train_cmd
+from tstool.cli.commands import (
+    config_show,
+    diagnose,
+    eval_cmd,
+    generate_cmd,
+    plot_cmd,
+    stats_cmd,
+    tokenizer_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="tstool",
@@ -19,6 +28,12 @@ app = typer.Typer(
 )
 app.add_typer(config_show.app, name="config")
 app.command("train")(train_cmd.train)
+app.add_typer(tokenizer_cmd.app, name="tokenizer")
+app.command("diagnose-tokenizer")(diagnose.diagnose_tokenizer)
+app.command("dataset-stats")(stats_cmd.dataset_stats)
+app.command("eval")(eval_cmd.evaluate)
+app.command("plot")(plot_cmd.plot)
+app.command("generate")(generate_cmd.generate)
 
 
 def _version(value: bool) -> None:

@@ -16,8 +16,9 @@ from rich.console import Console
 @dataclass
 class Output:
     json_mode: bool = False
-    console: Console = field(default_factory=Console)
-    err: Console = field(default_factory=lambda: Console(stderr=True))
+    # soft_wrap: long lines (paths, log lines) stay whole instead of being cut at the terminal width.
+    console: Console = field(default_factory=lambda: Console(soft_wrap=True))
+    err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
 
     def status(self, message: str) -> None:
         """A human status line on stderr (silent with --json)."""

@@ -58,7 +58,10 @@ def train(
         "step": summary.step, "max_steps": summary.max_steps, "checkpoint": str(summary.checkpoint),
         "train": summary.last_train, "val": summary.last_val, "best_val_loss": summary.best_val_loss,
         "wall_time_s": summary.wall_time_s, "bad_steps": summary.bad_steps, "out_dir": str(out_dir),
+        "world": summary.world, "ddp_params_in_sync": summary.ddp_params_in_sync,
     }
+    if not summary.is_main:  # one report per run, from rank 0
+        return
 
     def render(console) -> None:
         val = summary.last_val or {}
