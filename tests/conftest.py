@@ -100,3 +100,35 @@ def user_error() -> Callable[..., str]:
         return result.stderr
 
     return check
+
+
+@pytest.fixture(scope="session")
+def eval_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Run folders of the debug preset, trained in-process once per session: `eval_runs("base")`, or
+    `eval_runs("weighted")` (article weight 3, 10 steps) as a second run to compare or overlay."""
+    import torch
+
+    from tstool.config import resolve
+    from tstool.train import RunOptions, train
+
+    overrides = {"base": {}, "weighted": {"train.article_weight": 3.0, "train.max_steps": 10}}
+    root = tmp_path_factory.mktemp("eval_runs")
+    runs: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            threads = torch.get_num_threads()  # one thread trains a model this small faster; restored after
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("TSTOOL_CACHE", str(root / "cache"))
+                train(resolve("debug", {"train.threads": 1, **overrides[name]}), RunOptions(out_dir=root / name))
+            torch.set_num_threads(threads)
+            runs[name] = root / name
+        return runs[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_run(eval_runs: Callable[[str], Path]) -> Path:
+    """A trained debug-preset run folder (max_seq_len 32), shared with `eval_runs("base")`."""
+    return eval_runs("base")

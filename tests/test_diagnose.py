@@ -118,3 +118,9 @@ def test_split_article_is_warned_and_fails_when_configured(cli_json, tmp_path: P
     configured = ("--set", "articles.forms=[lower_space,cap_bare]")  # ' the' is split, 'A' is one byte
     doc = cli_json("diagnose-tokenizer", "--tokenizer", path, "--no-corpus", *configured, code=1)
     assert any("' the'" in p for p in doc["problems"])
+
+
+def test_tables_render_and_a_failed_check_still_prints_its_report(cli, gpt2_dir: Path) -> None:
+    result = cli("diagnose-tokenizer", "--tokenizer", gpt2_dir, "--limit", 5, "--expect-ids", "264")
+    assert result.exit_code == 1
+    assert result.stdout.strip() and result.stderr.startswith("Error: ")

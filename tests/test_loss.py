@@ -45,7 +45,7 @@ def test_weighted_loss_by_hand() -> None:
     logits, targets = batch()
     weights, mask = tables(4.0)
     num = den = 0.0
-    for row_logits, row_targets in zip(logits.flatten(0, 1), targets.flatten()):
+    for row_logits, row_targets in zip(logits.flatten(0, 1), targets.flatten(), strict=True):
         y = int(row_targets)
         if y == IGNORE:
             continue
@@ -143,7 +143,7 @@ def test_gradient_with_weight_one_equals_cross_entropy() -> None:
     ours = grads(model)
     model.zero_grad()
     F.cross_entropy(model(idx).flatten(0, 1), targets.flatten(), ignore_index=IGNORE).backward()
-    for a, b in zip(ours, grads(model)):
+    for a, b in zip(ours, grads(model), strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
 
 
@@ -159,11 +159,11 @@ def test_accumulated_micro_batches_match_one_large_batch() -> None:
     model.zero_grad()
     total_weight = (weights[targets.clamp_min(0)] * (targets != IGNORE)).sum()
     accumulated = None
-    for micro_idx, micro_targets in zip(idx.chunk(4), targets.chunk(4)):
+    for micro_idx, micro_targets in zip(idx.chunk(4), targets.chunk(4), strict=True):
         parts = weighted_cross_entropy(model(micro_idx), micro_targets, weights, mask)
         (parts.weighted_sum / total_weight).backward()
         accumulated = parts.detach() if accumulated is None else accumulated + parts.detach()
-    for a, b in zip(grads(model), expected):
+    for a, b in zip(grads(model), expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
     assert accumulated.metrics()["loss"] == pytest.approx(full.metrics()["loss"], rel=1e-6)
     assert not math.isnan(accumulated.metrics()["ratio"])

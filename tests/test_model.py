@@ -109,11 +109,14 @@ def test_dropout_only_in_training() -> None:
         assert not torch.equal(model(idx), model(idx))
 
 
+def ids(group: dict) -> set[int]:
+    return {id(p) for p in group["params"]}
+
+
 def test_param_groups_decay_only_linear_matrices() -> None:
     model = make_model(**GQA)
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
     assert ids(decay).isdisjoint(ids(no_decay))
     assert ids(decay) | ids(no_decay) == {id(p) for p in model.parameters()}
     assert id(model.embed_tokens.weight) in ids(no_decay)  # also the head: tied

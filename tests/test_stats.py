@@ -186,3 +186,9 @@ def test_cli_gpt2_tokenizer_counts_gpt2_ids(cli_json, gpt2_dir: Path) -> None:
     ids = {f["text"]: f["ids"] for f in doc["token_level"]["forms"]}
     assert (ids[" a"], ids[" the"], ids[" an"]) == ([257], [262], [281])
     assert doc["tokenizer"]["vocab_size"] == 50257
+
+
+def test_cli_tables_render(cli) -> None:
+    result = cli("dataset-stats", "--limit", 5)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip()

@@ -126,6 +126,13 @@ def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tens
     )
 
 
+def check_split(split: str) -> Split:
+    """The split as `load_tokens` takes it; anything but train or val is an InputError."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split '{split}': use --split val or --split train")
+    return split  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class EvalReport:
     checkpoint: str
@@ -167,13 +174,11 @@ def evaluate(
     `max_blocks` caps the blocks of max_seq_len + 1 tokens (None: every block); `progress(done, total)`
     is called after each batch.
     """
-    if split not in SPLITS:
-        raise InputError(f"unknown split '{split}': use --split val or --split train")
     cfg, model, device = loaded.config, loaded.model, loaded.device
     seq_len = cfg.model.max_seq_len
     articles = resolve_articles(loaded.tokenizer, cfg.articles)
     mask = articles.mask_table().to(device)
-    stream = load_tokens(data, split, loaded.tokenizer)  # type: ignore[arg-type]
+    stream = load_tokens(data, check_split(split), loaded.tokenizer)
     require_blocks(stream, seq_len, split)
     block_ids = eval_block_ids(len(stream.tokens), seq_len, max_blocks or len(stream.tokens))
     batch = cfg.train.batch_size

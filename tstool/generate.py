@@ -207,7 +207,9 @@ def read_prompts(path: Path) -> list[str]:
     except FileNotFoundError:
         raise InputError(f"--prompts-file {path} does not exist: pass a text file with one prompt per line")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--prompts-file {path} is not readable UTF-8 text ({exc.__class__.__name__}): pass a text file")
+        raise InputError(
+            f"--prompts-file {path} is not readable UTF-8 text ({exc.__class__.__name__}): pass a text file"
+        )
     prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise InputError(f"--prompts-file {path} holds no prompts: write one prompt per line")
@@ -247,9 +249,7 @@ def generate_samples(
     for i, prompt in enumerate(prompts):
         context, warnings = prompt_context(loaded, prompt)
         generator = torch.Generator(device=loaded.device).manual_seed(prompt_seed(seed, i))
-        rows, notes = decode(
-            loaded.model, context, settings, generator, loaded.tokenizer.eot_id, settings.num_samples
-        )
+        rows, notes = decode(loaded.model, context, settings, generator, loaded.tokenizer.eot_id, settings.num_samples)
         for j, row in enumerate(rows):
             samples.append(
                 Sample(

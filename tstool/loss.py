@@ -45,11 +45,11 @@ class LossParts:
     @classmethod
     def from_vector(cls, vector: torch.Tensor) -> LossParts:
         """Inverse of `as_vector`."""
-        return cls(**{f.name: value for f, value in zip(fields(cls), vector.unbind())})
+        return cls(**{f.name: value for f, value in zip(fields(cls), vector.unbind(), strict=True)})
 
     def metrics(self) -> dict[str, float | int | None]:
         """Plain-number metrics; a mean over no tokens is None. One device-to-host transfer."""
-        values = dict(zip((f.name for f in fields(self)), self.as_vector().tolist()))
+        values = dict(zip((f.name for f in fields(self)), self.as_vector().tolist(), strict=True))
 
         def mean(total: float, count: float) -> float | None:
             return total / count if count else None

@@ -78,9 +78,6 @@ class KVCache:
         values[:, :, self.pos : end] = v
         return keys[:, :, :end], values[:, :, :end]
 
-    def reset(self) -> None:
-        self.pos = 0
-
 
 class Attention(nn.Module):
     """Causal self-attention with grouped key/value heads and rotary positions."""

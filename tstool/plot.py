@@ -48,6 +48,11 @@ class RunCurves:
         }
 
 
+def _default_label(path: Path) -> str:
+    """The run folder's name (of a metrics.jsonl file: its folder's)."""
+    return path.parent.name if path.is_file() else path.name
+
+
 def load_curves(path: Path, label: str | None = None) -> RunCurves:
     """A run folder (or its metrics.jsonl file) as curves; missing or empty metrics are an InputError."""
     if not path.exists():
@@ -59,7 +64,7 @@ def load_curves(path: Path, label: str | None = None) -> RunCurves:
     if not records:
         raise InputError(f"{metrics} holds no metric records yet: train for at least train.log_interval steps")
     return RunCurves(
-        label=label or (path.parent.name if path.is_file() else path.name),
+        label=label or _default_label(path),
         path=path,
         train=[r for r in records if r.get("split") is None],
         val=[r for r in records if r.get("split") == "val"],
@@ -82,11 +87,11 @@ STYLES: dict[tuple[str, int], tuple[str, str | None]] = {
 }
 
 
-def _unique_labels(paths: Sequence[Path], labels: Sequence[str] | None) -> list[str | None]:
+def _unique_labels(paths: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
     if labels is None:
-        names = [p.name for p in paths]
-        # Same-named folders (runs/a/latest, runs/b/latest) are told apart by their full paths.
-        return [None if names.count(n) == 1 else str(p) for n, p in zip(names, paths, strict=True)]
+        names = [_default_label(p) for p in paths]
+        # Same-named runs (runs/a/latest, runs/b/latest) are told apart by their full paths.
+        return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths, strict=True)]
     if len(labels) != len(paths):
         raise InputError(f"{len(labels)} labels for {len(paths)} runs: pass one label per run, e.g. --labels a,b")
     return list(labels)
@@ -102,6 +107,7 @@ def plot_runs(paths: Sequence[Path], out: Path, labels: Sequence[str] | None = N
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise TstoolError("plotting needs matplotlib, which is not installed: pip install 'tstool[plot]'")
 
@@ -127,13 +133,14 @@ def plot_runs(paths: Sequence[Path], out: Path, labels: Sequence[str] | None = N
                     )
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[2].axhline(1.0, color="grey", linewidth=0.8)  # ratio 1: articles as hard as other tokens
 
-    def key(label: str, split: str, k: int = 0, color: str = "black") -> Line2D:
+    def key(label: str, split: str, k: int = 0) -> Line2D:
         linestyle, marker = STYLES[split, k]
-        return Line2D([], [], color=color, linestyle=linestyle, marker=marker, markersize=3, label=label)
+        return Line2D([], [], color="black", linestyle=linestyle, marker=marker, markersize=3, label=label)
 
     runs_legend = [Line2D([], [], color=c, label=r.label) for r, c in zip(runs, colors, strict=True)]
     axes[0].legend(handles=runs_legend + [key("train", "train"), key("val", "val")], fontsize="small")

@@ -6,7 +6,7 @@ so a continuation is measured exactly as the corpus was. Three measurements:
 
 1. Rate: articles per 100 words in the continuations, overall, per form and per article word, against
    the corpus. Within ±15% of the corpus rate is `ok`; further below is `dropping articles`, further
-   above `over-using articles`.
+   above `over-using articles`; under 200 words, `too little text`.
 2. Context-conditioned rates. A global rate misses real bugs: a label-double-shifted model wrote 13.3
    articles per 100 words (corpus 9.8) yet never put one after "there was" (corpus 97.9%). For each
    context the corpus statistics list (its most frequent preceding words and word pairs), the share
@@ -14,7 +14,8 @@ so a continuation is measured exactly as the corpus was. Three measurements:
    *What counts*: a context occurrence counts when the word *after* it starts in the continuation.
    The context words may come from the end of the prompt ("...there was" + " a dog" counts), but the
    article, or its absence, is always generated. A word the prompt starts and the continuation
-   finishes ("bi" + "g") belongs to the prompt.
+   finishes ("th" + "e", "bi" + "g") is neither an article nor a context occurrence of the
+   continuation (its tail still adds one to the continuation's word count).
    *The divergence* is the count-weighted mean absolute difference of shares,
    D = sum_c |a_c - n_c r_c| / sum_c n_c (n_c occurrences of context c, a_c of them followed by an
    article, r_c the corpus share): the share of context occurrences whose article use departs from
@@ -75,7 +76,7 @@ REFERENCE_VERSION = 1
 Progress = Callable[[int, int], None]
 
 DEFINITIONS = {
-    "scored_text": "continuations only; a word begun in the prompt belongs to the prompt",
+    "scored_text": "continuations only; an article or context word begun in the prompt belongs to the prompt",
     "rate_verdict": f"ok within ±{RATE_TOLERANCE:.0%} of the corpus rate; dropping articles below, over-using above; "
     f"too little text under {MIN_WORDS} words",
     "context_occurrence": "a corpus context (1-2 words, possibly ending the prompt) whose next word starts in the "
@@ -451,13 +452,14 @@ class ArticleScore:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """Approximate 95% interval of the rate (articles as independent per-word events)."""
-        words = self.counts.words
-        if not words:
+        """Approximate 95% Wilson interval of the rate, taking articles as independent per-word events."""
+        n, z = self.counts.words, 1.96
+        if not n:
             return (0.0, 0.0)
-        p = self.counts.total / words
-        half = 1.96 * math.sqrt(p * (1 - p) / words)
-        return (100 * max(0.0, p - half), 100 * min(1.0, p + half))
+        p = self.counts.total / n
+        center = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return (100 * max(0.0, center - half), 100 * min(1.0, center + half))
 
     @property
     def ratio(self) -> float:

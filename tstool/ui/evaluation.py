@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from tstool.ui.reports import _table
 from tstool.ui.training import ratio_text
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ def _num(value: float | int | None, digits: int = 3) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=Text(title, style="bold"), title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
 
 
 def render_eval(console: Console, report: EvalReport) -> None:

@@ -16,6 +16,9 @@ ARTICLE_STYLE = "bold cyan"
 ARTICLE_LESS_STYLE = "bold red underline"
 VERDICT_STYLE = {"ok": "bold green", "too little text": "yellow"}  # anything else is a problem
 STOP_TEXT = {"eot": "ended at <|endoftext|>", "length": "hit --max-new-tokens"}
+# Control characters a weak model emits (bell, carriage return) would garble the terminal; they are
+# shown as their Unicode control pictures, one character each, so article offsets stay valid.
+VISIBLE = {c: 0x2400 + c for c in range(32) if chr(c) not in "\n\t"} | {0x7F: 0x2421}
 
 
 def _verdict(label: str) -> Text:
@@ -24,14 +27,14 @@ def _verdict(label: str) -> Text:
 
 def sample_text(sample: Sample, score: SampleScore | None) -> Text:
     """The prompt dimmed, then the continuation with its articles and article-less spots styled."""
-    continuation = Text(sample.continuation)
+    continuation = Text(sample.continuation.translate(VISIBLE))
     if score is not None:
         offset = len(sample.prompt)
         for article in score.articles:
             continuation.stylize(ARTICLE_STYLE, article.start - offset, article.end - offset)
         for spot in score.article_less:
             continuation.stylize(ARTICLE_LESS_STYLE, spot.word.start - offset, spot.word.end - offset)
-    return Text(sample.prompt, style="dim") + continuation
+    return Text(sample.prompt.translate(VISIBLE), style="dim") + continuation
 
 
 def render_samples(console: Console, samples: Sequence[Sample], score: ArticleScore | None) -> None:
@@ -40,11 +43,21 @@ def render_samples(console: Console, samples: Sequence[Sample], score: ArticleSc
         if sample.prompt != previous or sample.index == 0:
             prompt_number, previous = prompt_number + 1, sample.prompt
         scored = score.samples[i] if score is not None else None
-        title = f"prompt {prompt_number} · sample {sample.index + 1} · {len(sample.tokens)} tokens, {STOP_TEXT[sample.stop]}"
+        about = f"{len(sample.tokens)} tokens, {STOP_TEXT[sample.stop]}"
         if scored is not None:
             counts = scored.counts
-            title += f" · {counts.total} articles in {counts.words} words ({counts.per_100_words():.1f} per 100)"
-        console.print(Panel(sample_text(sample, scored), title=Text(title), title_align="left", border_style="dim"))
+            about += f" · {counts.total} articles / {counts.words} words"
+        console.print(
+            Panel(
+                sample_text(sample, scored),
+                title=f"prompt {prompt_number} · sample {sample.index + 1}",
+                title_align="left",
+                subtitle=Text(about),
+                subtitle_align="right",
+                border_style="dim",
+            ),
+            soft_wrap=False,  # the Output console soft-wraps, which would cut a panel's text at its border
+        )
     if score is not None:
         console.print(
             Text.assemble(
@@ -86,7 +99,13 @@ def render_score(console: Console, score: ArticleScore) -> None:
         )
     )
     worst = _table(
-        "Contexts furthest from the corpus", "context", "seen", "then article", "share", "corpus share", "missing articles"
+        "Contexts furthest from the corpus",
+        "context",
+        "seen",
+        "then article",
+        "share",
+        "corpus share",
+        "missing articles",
     )
     for c in ctx.contexts[:WORST_CONTEXTS]:
         _add(

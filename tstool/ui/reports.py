@@ -12,7 +12,6 @@ from rich.table import Table
 from rich.text import Text
 
 from tstool.diagnosis import Diagnosis
-from tstool.stats import DatasetStats, Distribution
 from tstool.stats import Progress as ProgressCallback
 
 STATUS_STYLE = {"ok": "green", "merged": "bold red", "split": "yellow"}
@@ -20,8 +19,9 @@ STATUS_STYLE = {"ok": "green", "merged": "bold red", "split": "yellow"}
 
 @contextmanager
 def progress_bar(err: Console, description: str, enabled: bool = True) -> Iterator[ProgressCallback]:
-    """A `progress(done, total)` callback drawing a bar on stderr; a no-op when disabled (--json)."""
-    if not enabled:
+    """A `progress(done, total)` callback drawing a bar on stderr; a no-op when disabled (--json) or when
+    stderr is not a terminal (logs and pipes get no bar residue)."""
+    if not (enabled and err.is_terminal):
         yield lambda done, total: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -165,32 +165,28 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
     _findings(console, d.problems, d.warnings)
 
 
-def _dist(d: Distribution, digits: int = 1) -> str:
-    return " · ".join(f"{name} {value:.{digits}f}" for name, value in d.to_dict().items())
+def _dist(d: dict[str, float], digits: int = 1) -> str:
+    return " · ".join(f"{name} {value:.{digits}f}" for name, value in d.items())
 
 
-def render_stats(console: Console, s: DatasetStats) -> None:
-    data = s.to_dict()
-    words, tokens = data["word_level"], data["token_level"]
+def render_stats(console: Console, doc: dict[str, Any]) -> None:
+    """Tables from the stats document itself (`DatasetStats.to_dict()`), so they match --json exactly."""
+    words, tokens, per_story = doc["word_level"], doc["token_level"], doc["per_story"]
     rows = [
-        ("stories", f"{s.stories:,}"),
+        ("stories", f"{doc['stories']:,}"),
         ("words", f"{words['words']:,}"),
-        ("tokens", f"{s.tokens:,} ({s.tokenizer.source})"),
-        (
-            "articles (words)",
-            f"{words['articles']:,} · {_pct(words['share_of_words'])} of words · "
-            f"{words['per_100_words']:.2f} per 100 words",
-        ),
+        ("tokens", f"{doc['tokens']:,} ({doc['tokenizer']['source']})"),
+        ("articles (words)", f"{words['articles']:,} · {_pct(words['share_of_words'])} of words"),
         ("articles (tokens)", f"{tokens['articles']:,} · {_pct(tokens['share_of_tokens'])} of tokens"),
         ("sentence-initial / inner", f"{words['by_position']['initial']:,} / {words['by_position']['inner']:,}"),
-        ("articles per 100 words, per story", _dist(s.articles_per_100_words)),
+        ("articles per 100 words, per story", _dist(per_story["articles_per_100_words"])),
         (
             "stories without articles",
-            f"{s.stories_without_articles:,} ({_pct(data['per_story']['share_without_articles'])})",
+            f"{per_story['stories_without_articles']:,} ({_pct(per_story['share_without_articles'])})",
         ),
-        ("tokens per story", _dist(s.tokens_per_story, 0)),
+        ("tokens per story", _dist(doc["tokens_per_story"], 0)),
     ]
-    console.print(_pairs(f"Dataset {s.corpus}", rows))
+    console.print(_pairs(f"Dataset {doc['corpus']}", rows))
 
     by_word = _table(
         "Articles by written form (word level)", "word", "form", "initial", "inner", "total", "per 100 words"
@@ -225,19 +221,19 @@ def render_stats(console: Console, s: DatasetStats) -> None:
         )
     console.print(by_token)
 
-    after = _table("Most common words after each article", "#", *s.next_words)
-    depth = max((len(v) for v in s.next_words.values()), default=0)
-    for rank in range(depth):
-        cells = [f"{v[rank].word} {_pct(v[rank].share)}" if rank < len(v) else "" for v in s.next_words.values()]
+    next_words = doc["next_words"]
+    after = _table("Most common words after each article", "#", *next_words)
+    for rank in range(max((len(v) for v in next_words.values()), default=0)):
+        cells = [f"{v[rank]['word']} {_pct(v[rank]['share'])}" if rank < len(v) else "" for v in next_words.values()]
         _add(after, str(rank + 1), *cells)
     console.print(after)
 
     contexts = _table(
         "Contexts: share followed by an article", "context", "count", "followed by article", "rate", "by article"
     )
-    for c in s.contexts:
-        split = ", ".join(f"{w} {n:,}" for w, n in c.by_article.items()) or "-"
-        _add(contexts, c.context, f"{c.count:,}", f"{c.followed_by_article:,}", _pct(c.rate), split)
+    for c in doc["contexts"]:
+        split = ", ".join(f"{w} {n:,}" for w, n in c["by_article"].items()) or "-"
+        _add(contexts, c["context"], f"{c['count']:,}", f"{c['followed_by_article']:,}", _pct(c["rate"]), split)
     console.print(contexts)
 
 

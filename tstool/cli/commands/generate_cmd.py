@@ -22,19 +22,21 @@ def generate(
     ],
     prompts: Annotated[
         Optional[list[str]],
-        typer.Option("--prompt", "-p", help="Prompt text, repeatable [default: five TinyStories openings]."),
+        typer.Option("--prompt", "-p", help="Prompt text, repeatable \\[default: five TinyStories openings]."),
     ] = None,
     prompts_file: Annotated[
         Optional[Path], typer.Option("--prompts-file", help="Text file with one prompt per line.")
     ] = None,
     num_samples: Annotated[
-        Optional[int], typer.Option("--num-samples", "-n", help="Samples per prompt [default: the run's config].")
+        Optional[int], typer.Option("--num-samples", "-n", help="Samples per prompt \\[default: the run's config].")
     ] = None,
     max_new_tokens: Annotated[
-        Optional[int], typer.Option("--max-new-tokens", help="Tokens to generate per sample [default: the run's config].")
+        Optional[int],
+        typer.Option("--max-new-tokens", help="Tokens to generate per sample \\[default: the run's config]."),
     ] = None,
     temperature: Annotated[
-        Optional[float], typer.Option("--temperature", help="Sampling temperature; 0 is greedy [default: the run's config].")
+        Optional[float],
+        typer.Option("--temperature", help="Sampling temperature; 0 is greedy \\[default: the run's config]."),
     ] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k most likely tokens only.")] = None,
     top_p: Annotated[
@@ -44,9 +46,11 @@ def generate(
         Optional[float],
         typer.Option("--repetition-penalty", help="CTRL penalty on tokens already in prompt or output (1 = off)."),
     ] = None,
-    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token (temperature 0).")] = False,
+    greedy: Annotated[
+        bool, typer.Option("--greedy", help="Always take the most likely token (temperature 0).")
+    ] = False,
     seed: Annotated[
-        Optional[int], typer.Option("--seed", help="Sampling seed: same seed, same text [default: random, reported].")
+        Optional[int], typer.Option("--seed", help="Sampling seed: same seed, same text \\[default: random, reported].")
     ] = None,
     score_articles: Annotated[
         bool, typer.Option("--score-articles", help="Score article use in the continuations against the corpus.")
@@ -56,14 +60,17 @@ def generate(
         typer.Option(
             "--stats",
             help="Corpus statistics from `tstool dataset-stats --out` to score against (implies --score-articles) "
-            "[default: the run's training data, computed once and cached].",
+            "\\[default: the run's training data, computed once and cached].",
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    tokenizer: options.Tokenizer = None,
+    tokenizer: Annotated[
+        Optional[Path],
+        typer.Option("--tokenizer", help="The run's tokenizer.json, when it is not next to the checkpoint."),
+    ] = None,
     json_out: options.Json = False,
 ) -> None:
-    """Generate stories from a trained model. Example: tstool generate -c runs/latest -p "Once upon a time" --score-articles"""
+    """Generate stories from a checkpoint. Example: tstool generate -c runs/latest -p "Once upon" --score-articles"""
     import secrets
 
     from tstool.generate import DEFAULT_PROMPTS, generate_samples, read_prompts, sampling_settings
@@ -76,6 +83,7 @@ def generate(
     if device not in DEVICES:
         raise ConfigError(f"--device {device!r} is unknown: use one of {', '.join(DEVICES)}")
     out = Output(json_out)
+    bars = not json_out and out.err.is_terminal
     texts = [*(prompts or []), *(read_prompts(prompts_file) if prompts_file else [])] or list(DEFAULT_PROMPTS)
     reference = CorpusReference.load(stats_file) if stats_file else None
     loaded = load_model(checkpoint, resolve_device(device), tokenizer)
@@ -89,9 +97,11 @@ def generate(
         top_p=top_p,
         repetition_penalty=repetition_penalty,
     )
+    if settings.temperature == 0 and settings.num_samples > 1:
+        out.warn(f"greedy decoding makes all {settings.num_samples} samples of a prompt the same")
     seed = secrets.randbelow(2**31) if seed is None else seed
     out.status(f"Step {loaded.meta.get('step')} of {loaded.path} on {loaded.device} · seed {seed}")
-    with progress_bar(out.err, f"Generating from {len(texts)} prompts", enabled=not json_out) as progress:
+    with progress_bar(out.err, f"Generating from {len(texts)} prompts", enabled=bars) as progress:
         samples = generate_samples(loaded, texts, settings, seed, progress)
     warnings = list(dict.fromkeys(w for s in samples for w in s.warnings))
     for warning in warnings:
@@ -101,7 +111,7 @@ def generate(
     if score_articles or reference is not None:
         if reference is None:
             description = "Corpus statistics of the training data (once; cached after)"
-            with progress_bar(out.err, description, enabled=not json_out) as progress:
+            with progress_bar(out.err, description, enabled=bars) as progress:
                 reference, computed = reference_for_run(loaded, progress)
             if computed:
                 out.status(f"Cached corpus statistics in {reference.source}")

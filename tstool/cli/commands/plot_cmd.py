@@ -23,11 +23,13 @@ def parse_labels(text: str) -> list[str]:
 
 @handle_errors
 def plot(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (or their metrics.jsonl files) to overlay.")],
+    runs: Annotated[
+        list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders (or their metrics.jsonl files) to overlay.")
+    ],
     out_file: Annotated[Path, typer.Option("--out", help="Image to write: .png, .svg or .pdf.")],
     labels: Annotated[
         Optional[str],
-        typer.Option("--labels", help="Comma-separated legend names, one per run [default: folder names]."),
+        typer.Option("--labels", help="Comma-separated legend names, one per run (default: folder names)."),
     ] = None,
     json_out: options.Json = False,
 ) -> None:
@@ -37,7 +39,6 @@ def plot(
 
     out = Output(json_out)
     curves = plot_runs(runs, out_file, parse_labels(labels) if labels is not None else None)
-    out.status(f"Wrote {out_file}")
     out.emit(
         {"out": str(out_file), "runs": [c.summary() for c in curves]},
         lambda console: render_plot_summary(console, curves, str(out_file)),

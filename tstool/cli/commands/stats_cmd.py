@@ -50,4 +50,4 @@ def dataset_stats(
     document = stats.to_dict()
     if out_file is not None:
         out.status(f"Wrote {write_json_atomic(document, out_file)}")
-    out.emit(document, lambda console: render_stats(console, stats))
+    out.emit(document, lambda console: render_stats(console, document))
