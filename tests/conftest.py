@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +132,15 @@ def eval_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
 def tiny_run(eval_runs: Callable[[str], Path]) -> Path:
     """A trained debug-preset run folder (max_seq_len 32), shared with `eval_runs("base")`."""
     return eval_runs("base")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models run faster on one torch thread, and the test machine's cores are shared; restored after
+    (training with train.threads set would otherwise leave the whole session on that many threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

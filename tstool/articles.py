@@ -24,6 +24,9 @@ FORM_TEXT: dict[ArticleForm, Callable[[str], str]] = {
 }
 
 ALL_FORMS: tuple[ArticleForm, ...] = tuple(FORM_TEXT)
+# Measured on the bundled sample with the shipped tokenizer: 477 of 479 bare 'a' tokens and all 141
+# bare 'an' tokens sit inside longer words, so weighting them would weight word pieces, not articles.
+DEFAULT_FORMS: tuple[ArticleForm, ...] = ("lower_space", "cap_space", "cap_bare")
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,15 @@ class ArticleSet:
 def resolve_articles(tokenizer: TextTokenizer, cfg: ArticleConfig, require_single: bool = False) -> ArticleSet:
     """Encode every configured form of every article word with `tokenizer`.
 
-    With no forms configured, every single-token form counts and multi-token forms are left out.
+    With no forms configured, every single-token form among DEFAULT_FORMS counts and multi-token
+    forms are left out.
     With forms named explicitly and `require_single` (training with article weight != 1), a named
     form that is several tokens is an error unless `cfg.allow_multi_token`, because its weight could
     not be applied to one target.
     """
     forms = []
     for word in cfg.words:
-        for form in cfg.forms or ALL_FORMS:
+        for form in cfg.forms or DEFAULT_FORMS:
             text = FORM_TEXT[form](word)
             forms.append(ResolvedForm(word=word.lower(), form=form, text=text, ids=tuple(tokenizer.encode(text))))
     resolved = ArticleSet(forms=tuple(forms), vocab_size=tokenizer.vocab_size, tokenizer_sha256=tokenizer.sha256)

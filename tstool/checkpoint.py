@@ -34,6 +34,7 @@ STATE = "state.pt"
 META = "meta.json"
 CKPT_DIR = "checkpoints"
 REQUIRED_META = ("config", "tokenizer_sha256", "vocab_size", "step", "tstool_version", "config_version")
+REQUIRED_STATE = ("optimizer", "scaler", "step", "sampler", "rng", "best_val", "bad_steps")
 
 
 @dataclass
@@ -200,4 +201,10 @@ def load_checkpoint(path: Path, with_state: bool = False) -> Checkpoint:
             )
         except (OSError, RuntimeError, EOFError) as exc:
             raise CheckpointError(f"{path / STATE} could not be read ({str(exc).splitlines()[0]}): the checkpoint is damaged")
+        missing = [key for key in REQUIRED_STATE if key not in state] if isinstance(state, dict) else list(REQUIRED_STATE)
+        if missing:
+            raise CheckpointError(
+                f"{path / STATE} lacks {', '.join(missing)}: the checkpoint is damaged or not from tstool; "
+                "resume from another checkpoint or start a new run"
+            )
     return Checkpoint(path=path, meta=meta, weights=weights, state=state)

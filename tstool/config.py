@@ -89,7 +89,8 @@ class ArticleConfig(Section):
         None,
         min_length=1,
         description="Surface forms counted as articles (lower_space, lower_bare, cap_space, cap_bare); "
-        "null = every form that is a single token in the tokenizer.",
+        "null = every single-token form among lower_space, cap_space and cap_bare (bare lowercase 'a'/'an' "
+        "tokens are almost always pieces of longer words, e.g. 'banan'+'a', so they are left out by default).",
     )
     expect_ids: list[int] = Field(default_factory=list, description="IDs a user believes are articles; checked.")
     allow_multi_token: bool = Field(False, description="Allow weighting when an article form is several tokens.")

@@ -15,32 +15,37 @@ RATIO_BANDS: tuple[tuple[float, str, str], ...] = (
     (0.5, "articles easier", "ok"),
     (0.0, "possibly over-weighted", "warn"),
 )
+# Articles are among the most predictable tokens, so without up-weighting a low ratio is expected.
+UNWEIGHTED_LOW_BAND = ("articles easy", "ok")
 SPIKE_FACTOR = 5.0
 GAP_NATS = 0.3
 
 
-def ratio_band(ratio: float | None) -> tuple[str, str]:
+def ratio_band(ratio: float | None, article_weight: float = 1.0) -> tuple[str, str]:
     """Label and severity (ok, info, warn, bad) of an article/other loss ratio."""
     if ratio is None or ratio != ratio:
         return "n/a", "info"
     for bound, label, severity in RATIO_BANDS:
-        if ratio > bound or bound == 0.0:
+        if ratio > bound:
             return label, severity
-    return "n/a", "info"
+    return RATIO_BANDS[-1][1:] if article_weight > 1.0 else UNWEIGHTED_LOW_BAND
 
 
 class HealthMonitor:
     """Turns metric records into warnings, each a short sentence."""
 
-    def __init__(self, window: int = 50):
+    def __init__(self, article_weight: float = 1.0, window: int = 50):
+        self.article_weight = article_weight
         self.grad_norms: deque[float] = deque(maxlen=window)
         self.last_train_loss: float | None = None
+        self.last_band: str | None = None
 
     def check_train(self, record: dict) -> list[str]:
         warnings = []
-        label, severity = ratio_band(record.get("ratio"))
-        if severity in ("warn", "bad") and record["step"] > 0:
+        label, severity = ratio_band(record.get("ratio"), self.article_weight)
+        if severity in ("warn", "bad") and label != self.last_band:  # once per band change, not every line
             warnings.append(f"article/other loss ratio {record['ratio']:.2f} is {label}")
+        self.last_band = label
         grad_norm = record.get("grad_norm")
         if grad_norm is not None and len(self.grad_norms) >= 10:
             median = statistics.median(self.grad_norms)

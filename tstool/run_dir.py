@@ -54,10 +54,8 @@ class RunDir:
             return None
         return yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
 
-    def prepare(
-        self, cfg: Config, tokenizer: TextTokenizer, resume: str | None, overwrite: bool, is_main: bool
-    ) -> Path | None:
-        """Check the folder may be used as asked, write config and tokenizer; return the checkpoint to resume."""
+    def prepare(self, cfg: Config, tokenizer: TextTokenizer, resume: str | None, overwrite: bool) -> Path | None:
+        """Check the folder may be used as asked, touching nothing; return the checkpoint to resume."""
         resume_path = self._resume_path(resume)
         if resume_path is not None:  # before anything in the folder is touched
             self.check_compatible(ckpt.read_meta(resume_path), cfg, tokenizer)
@@ -74,17 +72,22 @@ class RunDir:
                     f"out-dir {self.path} already holds a trained run: pass --resume auto to continue it, "
                     "--overwrite to replace it, or another --out-dir"
                 )
-        if is_main:
-            if overwrite and resume_path is None:
-                shutil.rmtree(self.path / ckpt.CKPT_DIR, ignore_errors=True)
-                self.metrics_path.unlink(missing_ok=True)
-            self.path.mkdir(parents=True, exist_ok=True)
-            tmp = self.config_path.with_name(f".{CONFIG_FILE}.tmp")
-            tmp.write_text(cfg.to_yaml(), encoding="utf-8")
-            tmp.replace(self.config_path)
-            tokenizer.save(self.path)
-            write_meta(tokenizer, self.path, tokenizer.source)
         return resume_path
+
+    def write(self, cfg: Config, tokenizer: TextTokenizer, replace: bool) -> None:
+        """Write config and tokenizer; `replace` first deletes the old run's checkpoints and metrics.
+
+        Called only once every input has proved usable, so a failed start leaves the folder as it was.
+        """
+        if replace:
+            shutil.rmtree(self.path / ckpt.CKPT_DIR, ignore_errors=True)
+            self.metrics_path.unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_name(f".{CONFIG_FILE}.tmp")
+        tmp.write_text(cfg.to_yaml(), encoding="utf-8")
+        tmp.replace(self.config_path)
+        tokenizer.save(self.path)
+        write_meta(tokenizer, self.path, tokenizer.source)
 
     def _resume_path(self, resume: str | None) -> Path | None:
         if resume is None:

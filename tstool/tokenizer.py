@@ -65,6 +65,15 @@ class TextTokenizer:
 def _finish(backend: Tokenizer, source: str) -> TextTokenizer:
     backend.no_truncation()
     backend.no_padding()
+    # IDs index the model's embedding (vocab_size rows) and the token cache, whose dtype is chosen from
+    # vocab_size: a hand-edited tokenizer.json with an ID past the vocab would overflow both silently.
+    size = backend.get_vocab_size(with_added_tokens=True)
+    top = max(backend.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= size:
+        raise TokenizerError(
+            f"tokenizer {source} has token ID {top} but a vocab size of {size}, too large for its embedding and "
+            f"token cache: renumber its tokens 0..{size - 1} or retrain it with `tstool tokenizer train`"
+        )
     return TextTokenizer(backend=backend, source=source)
 
 

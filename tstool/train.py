@@ -24,6 +24,7 @@ from tstool.config import Config
 from tstool.errors import CheckpointError, Interrupted, TrainingHalted
 from tstool.faults import nan_at
 from tstool.health import HealthMonitor, ratio_band
+from tstool.hf_export import check_hf_folder, load_hf_weights
 from tstool.loss import LossParts, weighted_cross_entropy
 from tstool.metrics_log import MetricsLog
 from tstool.model import TinyLlama, flops_per_token, param_groups
@@ -55,6 +56,7 @@ class RunOptions:
     resume: str | None = None  # "auto" (the out dir's latest checkpoint) or a checkpoint path
     overwrite: bool = False
     stop_after: int | None = None  # optimizer steps in this invocation
+    init_from: Path | None = None  # a Hugging Face Llama folder to start from (ignored when resuming)
 
 
 @dataclass
@@ -96,8 +98,10 @@ class Trainer:
         self.articles: ArticleSet = resolve_articles(
             self.tokenizer, cfg.articles, require_single=tc.article_weight != 1.0
         )
+        if options.init_from is not None:  # checked before the run folder is touched
+            check_hf_folder(options.init_from, cfg.model, self.tokenizer)
         self.run_dir = RunDir(options.out_dir)
-        resume_path = self.run_dir.prepare(cfg, self.tokenizer, options.resume, options.overwrite, self.ddp.is_main)
+        resume_path = self.run_dir.prepare(cfg, self.tokenizer, options.resume, options.overwrite)
 
         seq_len = cfg.model.max_seq_len
         self.train_tokens = self._load_split("train")
@@ -119,9 +123,13 @@ class Trainer:
         if resume_path is not None:
             self._restore(resume_path)
         else:
-            self._self_check()
+            self._self_check()  # on the fresh model: a loaded one is meant to be far below ln(V)
+            if options.init_from is not None:
+                load_hf_weights(self.model, options.init_from)
+        if self.ddp.is_main:  # only now that data, tokenizer and checkpoint have all loaded
+            self.run_dir.write(cfg, self.tokenizer, replace=options.overwrite and resume_path is None)
         self.metrics = MetricsLog(self.run_dir.metrics_path, self.step if resume_path else None) if self.ddp.is_main else None
-        self.health = HealthMonitor()
+        self.health = HealthMonitor(tc.article_weight)
         self.forward_model: torch.nn.Module = torch.compile(self.model) if tc.compile else self.model
         if self.ddp.enabled:
             self.forward_model = DistributedDataParallel(self.forward_model)
@@ -392,7 +400,7 @@ class Trainer:
             "epoch": round(self.sampler.epoch_progress, 4),
             **values,
             "tokens": self.step * self.tokens_per_step,
-            "ratio_band": ratio_band(values.get("ratio"))[0],
+            "ratio_band": ratio_band(values.get("ratio"), tc.article_weight)[0],
             "lr": learning_rate(self.step - 1, tc),
             "grad_norm": float(grad_norm),
             "tokens_per_s": tokens_per_s,

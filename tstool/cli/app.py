@@ -8,9 +8,12 @@ import typer
 
 from tstool import __version__
 from tstool.cli.commands import (
+    compare_cmd,
     config_show,
     diagnose,
     eval_cmd,
+    experiment_cmd,
+    export_cmd,
     generate_cmd,
     plot_cmd,
     stats_cmd,
@@ -34,6 +37,9 @@ app.command("dataset-stats")(stats_cmd.dataset_stats)
 app.command("eval")(eval_cmd.evaluate)
 app.command("plot")(plot_cmd.plot)
 app.command("generate")(generate_cmd.generate)
+app.command("compare")(compare_cmd.compare)
+app.command("experiment")(experiment_cmd.experiment)
+app.command("export-hf")(export_cmd.export_hf)
 
 
 def _version(value: bool) -> None:

@@ -19,7 +19,7 @@ Split = Annotated[str, typer.Option("--split", help="Which split: train or val (
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most this many stories.")]
 Tokenizer = Annotated[
     Optional[Path],
-    typer.Option("--tokenizer", help="tokenizer.json, a folder with one, or GPT-2 vocab.json+merges.txt [default: shipped]."),
+    typer.Option("--tokenizer", help="tokenizer.json, a folder with one, or GPT-2 vocab.json+merges.txt \\[default: shipped]."),
 ]
 ConfigSource = Annotated[Optional[str], typer.Option("--config", help="Preset name (tiny, small, ...) or YAML file.")]
 Sets = Annotated[

@@ -35,30 +35,30 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def ratio_text(ratio: float | None) -> Text:
-    label, severity = ratio_band(ratio)
+def ratio_text(ratio: float | None, article_weight: float) -> Text:
+    label, severity = ratio_band(ratio, article_weight)
     return Text(f"{_num(ratio, 2)} {label}", style=SEVERITY_STYLE[severity])
 
 
-def train_row(r: dict[str, Any]) -> list[Any]:
+def train_row(r: dict[str, Any], article_weight: float) -> list[Any]:
     return [
         f"{r['step']}/{r['max_steps']}", _num(r.get("epoch"), 2), _num(r.get("loss")), _num(r.get("loss_unweighted")),
-        _num(r.get("ppl"), 1), _num(r.get("article_loss")), _num(r.get("other_loss")), ratio_text(r.get("ratio")),
+        _num(r.get("ppl"), 1), _num(r.get("article_loss")), _num(r.get("other_loss")), ratio_text(r.get("ratio"), article_weight),
         _num(r.get("article_acc"), 3), f"{r['lr']:.2e}", _num(r.get("grad_norm"), 2),
         f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", _eta(r.get("eta_s")),
     ]
 
 
-def val_row(r: dict[str, Any]) -> list[Any]:
+def val_row(r: dict[str, Any], article_weight: float) -> list[Any]:
     row: list[Any] = [""] * len(COLUMNS)
     row[0] = Text(f"val @{r['step']}", style="bold magenta")
     row[3], row[4], row[5], row[6] = _num(r.get("loss_unweighted")), _num(r.get("ppl"), 1), _num(r.get("article_loss")), _num(r.get("other_loss"))
-    row[7], row[8] = ratio_text(r.get("ratio")), _num(r.get("article_acc"), 3)
+    row[7], row[8] = ratio_text(r.get("ratio"), article_weight), _num(r.get("article_acc"), 3)
     row[9] = Text(f"bpb {_num(r.get('bpb'))}", style="magenta")
     return row
 
 
-def plain_line(r: dict[str, Any]) -> str:
+def plain_line(r: dict[str, Any], article_weight: float) -> str:
     if r["event"] == "val":
         return (
             f"val step {r['step']}: loss {_num(r.get('loss_unweighted'))} ppl {_num(r.get('ppl'), 1)} "
@@ -68,7 +68,7 @@ def plain_line(r: dict[str, Any]) -> str:
     return (
         f"step {r['step']}/{r['max_steps']} epoch {_num(r.get('epoch'), 2)} loss {_num(r.get('loss'))} "
         f"unweighted {_num(r.get('loss_unweighted'))} article {_num(r.get('article_loss'))} "
-        f"other {_num(r.get('other_loss'))} ratio {_num(r.get('ratio'), 2)} ({ratio_band(r.get('ratio'))[0]}) "
+        f"other {_num(r.get('other_loss'))} ratio {_num(r.get('ratio'), 2)} ({ratio_band(r.get('ratio'), article_weight)[0]}) "
         f"lr {r['lr']:.2e} grad {_num(r.get('grad_norm'), 2)} tok/s {r['tokens_per_s']:,.0f} ETA {_eta(r.get('eta_s'))}"
     )
 
@@ -81,6 +81,7 @@ class TrainingView:
         self.rows: deque[tuple[str, list[Any]]] = deque(maxlen=max_rows)
         self.header = Text("")
         self.warnings: deque[str] = deque(maxlen=3)
+        self.article_weight = 1.0
         self.live = Live(console=console, refresh_per_second=4, transient=False) if live and not quiet else None
 
     def __enter__(self) -> TrainingView:
@@ -106,6 +107,7 @@ class TrainingView:
         if self.quiet:
             return
         if kind == "start":
+            self.article_weight = event["article_weight"]
             self.header = Text(
                 f"{event['parameters']:,} parameters · {event['device']} {event['dtype']} · world {event['world']} · "
                 f"{event['train_tokens']:,} train / {event['val_tokens']:,} val tokens · "
@@ -119,9 +121,10 @@ class TrainingView:
             if event["done"] == event["total"]:
                 self.err.print(f"tokenized {event['split']}: {event['total']:,} stories")
         elif kind in ("train", "val"):
-            self.rows.append((kind, train_row(event) if kind == "train" else val_row(event)))
+            row = train_row if kind == "train" else val_row
+            self.rows.append((kind, row(event, self.article_weight)))
             if not self.live:
-                self.console.print(plain_line(event), highlight=False)
+                self.console.print(plain_line(event, self.article_weight), highlight=False)
         elif kind == "warning":
             self.warnings.append(f"step {event['step']}: {event['message']}")
             self.err.print(f"[yellow]warning:[/yellow] step {event['step']}: {event['message']}")

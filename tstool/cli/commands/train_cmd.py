@@ -28,6 +28,9 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Run folder: config, tokenizer, metrics.jsonl, checkpoints.")] = Path("runs/latest"),
     resume: Annotated[Optional[str], typer.Option("--resume", help="'auto' (the out dir's latest checkpoint) or a checkpoint path.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out-dir.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Start from a local Hugging Face Llama folder of the run's shape and tokenizer (export-hf).",
+    )] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="fp32, bf16 or fp16 (autocast).")] = None,
     compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
@@ -51,7 +54,9 @@ def train(
     )
     out = Output(json_out)
     live = not no_live and not json_out and sys.stdout.isatty()
-    run_options = RunOptions(out_dir=out_dir, resume=resume, overwrite=overwrite, stop_after=stop_after)
+    run_options = RunOptions(
+        out_dir=out_dir, resume=resume, overwrite=overwrite, stop_after=stop_after, init_from=init_from
+    )
     with TrainingView(out.console, out.err, live=live, quiet=json_out) as view:
         summary = run_training(cfg, run_options, view)
     result = {

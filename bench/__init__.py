@@ -1,0 +1,175 @@
+"""Benchmarks of tstool against plain references, run by `python -m bench [NAME ...]` (`make bench`).
+
+Each benchmark module has `run(console) -> Result`: it measures both sides in one process, prints a
+Rich table, and its last output line is the JSON of its `Result`. What both sides share lives here:
+a timer that interleaves the sides, the training step, the models and the article loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from tstool.articles import resolve_articles
+from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
+from tstool.loss import weighted_cross_entropy
+from tstool.model import TinyLlama, param_groups
+from tstool.optim import build_optimizer
+from tstool.runtime import autocast
+from tstool.tokenizer import TextTokenizer, load_tokenizer
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits, targets -> scalar loss
+ARTICLE_WEIGHT = 5.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """The one JSON line a benchmark ends with. `target` is a bound; README says which direction."""
+
+    name: str
+    value: float
+    unit: str
+    target: float | None
+    ok: bool
+
+    def emit(self) -> Result:
+        print(json.dumps(asdict(self) | {"value": round(self.value, 4)}), flush=True)
+        return self
+
+
+def devices() -> list[torch.device]:
+    """CPU always, and CUDA when this machine has it."""
+    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each side, timed in turns (A B A B ...) so that load on the
+    machine, which drifts, hits every side alike. Each callable must finish its own device work."""
+    for _ in range(warmup):
+        for call in sides.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, call in sides.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def table(title: str, *columns: str) -> Table:
+    result = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        result.add_column(column, justify="left" if i == 0 else "right")
+    return result
+
+
+def threads_note(console: Console) -> None:
+    console.print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · {cpu_name()}")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+# ---- models, batches and the training step ---------------------------------------------------------
+
+
+def tokenizer() -> TextTokenizer:
+    """The shipped tokenizer: its vocabulary sets the embedding and head sizes."""
+    return load_tokenizer()
+
+
+def model_config(preset: str) -> ModelConfig:
+    return resolve(preset).model
+
+
+def tstool_model(cfg: ModelConfig, vocab_size: int, device: torch.device, seed: int = 0) -> TinyLlama:
+    torch.manual_seed(seed)
+    return TinyLlama(cfg, vocab_size).to(device)
+
+
+def hf_twin(model: TinyLlama, tok: TextTokenizer, folder: Path) -> nn.Module:
+    """transformers' LlamaForCausalLM with `model`'s weights, loaded from its tstool export (SDPA attention)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # read on import: never the network
+        os.environ.setdefault(name, "1")
+    import transformers
+
+    from tstool.hf_export import write_hf_folder
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    write_hf_folder(model, tok, folder, overwrite=True)
+    device = model.embed_tokens.weight.device
+    twin = transformers.LlamaForCausalLM.from_pretrained(folder, local_files_only=True, attn_implementation="sdpa")
+    return twin.to(device)
+
+
+def hf_forward(model: nn.Module) -> Forward:
+    return lambda x: model(input_ids=x, use_cache=False).logits
+
+
+def batch(vocab_size: int, batch_size: int, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token blocks as inputs and next-token targets, the same for every side (fixed seed)."""
+    blocks = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(0))
+    return blocks[:, :-1].to(device), blocks[:, 1:].to(device)
+
+
+def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Standard mean cross-entropy in float32: the reference every loss is timed against."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def article_loss(tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT) -> LossFn:
+    """tstool's training loss: weighted CE with the article weight table, and its article breakdown."""
+    articles = resolve_articles(tok, ArticleConfig(), require_single=True)
+    table_, mask = articles.weight_table(weight).to(device), articles.mask_table().to(device)
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        parts = weighted_cross_entropy(logits, targets, table_, mask)
+        return parts.weighted_sum / parts.weight_sum
+
+    return loss
+
+
+def train_step(
+    model: nn.Module,
+    forward: Forward,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: str,
+    loss: LossFn = plain_loss,
+) -> Callable[[], None]:
+    """One optimizer step as tstool trains: autocast forward, loss, backward, tstool's (fused) AdamW."""
+    device = x.device
+    optimizer = build_optimizer(param_groups(model, 0.1), TrainConfig(), device)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            logits = forward(x)
+        loss(logits, y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+
+    return step

@@ -1,0 +1,25 @@
+"""`python -m bench [NAME ...]`: run the named benchmarks (default: all), each ending with its JSON line."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from rich.console import Console
+
+BENCHMARKS = ("train_vs_hf", "mfu_cpu", "loss_overhead", "data", "generate_vs_hf", "memory")
+
+
+def main(names: list[str]) -> int:
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        print(f"Error: unknown benchmark {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    console = Console(width=120)  # tables stay whole when piped to a file
+    for name in names or BENCHMARKS:
+        importlib.import_module(f"bench.{name}").run(console).emit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,72 @@
+"""Cost of the article-weighted loss in a full training step, against plain F.cross_entropy.
+
+Three steps on the same model and batch, timed in turns: plain mean CE; tstool's
+`weighted_cross_entropy` with article weight 5 (weight table lookup, plus its article/other breakdown);
+and, for contrast, a naive version that builds the article mask with a Python loop over article IDs.
+Value: tstool step time / plain step time.
+"""
+
+from __future__ import annotations
+
+import torch
+from rich.console import Console
+
+from bench import (
+    ARTICLE_WEIGHT,
+    LossFn,
+    Result,
+    article_loss,
+    batch,
+    interleaved,
+    model_config,
+    plain_loss,
+    table,
+    threads_note,
+    tokenizer,
+    train_step,
+    tstool_model,
+)
+from tstool.articles import resolve_articles
+from tstool.config import ArticleConfig
+
+PRESET = "tiny"
+DTYPE = "fp32"
+BATCH = 8
+REPEATS = 7
+TARGET = 1.03
+
+
+def naive_loss(article_ids: list[int], weight: float) -> LossFn:
+    """The loop-and-mask way: one comparison pass over the targets per article ID."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        is_article = torch.zeros_like(targets, dtype=torch.bool)
+        for article_id in article_ids:
+            is_article |= targets == article_id
+        weights = torch.where(is_article, weight, 1.0).flatten()
+        return (weights * ce).sum() / weights.sum()
+
+    return loss
+
+
+def run(console: Console) -> Result:
+    tok, device = tokenizer(), torch.device("cpu")
+    cfg = model_config(PRESET)
+    model = tstool_model(cfg, tok.vocab_size, device)
+    x, y = batch(tok.vocab_size, BATCH, cfg.max_seq_len, device)
+    ids = resolve_articles(tok, ArticleConfig(), require_single=True).ids
+    losses = {
+        "plain F.cross_entropy": plain_loss,
+        f"tstool weighted (w={ARTICLE_WEIGHT:g})": article_loss(tok, device),
+        f"naive loop over {len(ids)} IDs": naive_loss(ids, ARTICLE_WEIGHT),
+    }
+    seconds = interleaved({name: train_step(model, model, x, y, DTYPE, loss) for name, loss in losses.items()}, REPEATS)
+    base = seconds["plain F.cross_entropy"]
+    report = table(f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step", "loss", "ms/step", "vs plain")
+    for name, value in seconds.items():
+        report.add_row(name, f"{value * 1e3:.1f}", f"{value / base:.3f}")
+    console.print(report)
+    threads_note(console)
+    ratio = seconds[f"tstool weighted (w={ARTICLE_WEIGHT:g})"] / base
+    return Result("loss_overhead", ratio, "step time ratio", TARGET, ratio <= TARGET)

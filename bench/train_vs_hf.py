@@ -1,0 +1,70 @@
+"""Training-step throughput of tstool's model against transformers' LlamaForCausalLM of the same shape.
+
+Both sides get the same weights, batch, dtype (autocast), threads, loss (plain CE) and optimizer
+(tstool's fused AdamW); their steps are timed in turns. Value: the smallest tstool/HF ratio over
+presets, dtypes and devices.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from bench import (
+    Result,
+    batch,
+    devices,
+    hf_forward,
+    hf_twin,
+    interleaved,
+    model_config,
+    table,
+    threads_note,
+    tokenizer,
+    train_step,
+    tstool_model,
+)
+
+PRESETS = ("tiny", "small")
+DTYPES = ("fp32", "bf16")
+BATCH = {"tiny": 8, "small": 4}  # sequences of the preset's max_seq_len: a few seconds per step at most
+REPEATS = 5
+TARGET = 1.0
+
+
+def run(console: Console) -> Result:
+    tok = tokenizer()
+    title = "train_vs_hf: training step (forward, backward, AdamW)"
+    report = table(title, "case", "tokens", "tstool tok/s", "HF tok/s", "tstool/HF")
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for device in devices():
+            for preset in PRESETS:
+                cfg = model_config(preset)
+                ours = tstool_model(cfg, tok.vocab_size, device)
+                theirs = hf_twin(ours, tok, Path(tmp) / preset)
+                x, y = batch(tok.vocab_size, BATCH[preset], cfg.max_seq_len, device)
+                for dtype in DTYPES:
+                    seconds = interleaved(
+                        {
+                            "tstool": train_step(ours, ours, x, y, dtype),
+                            "hf": train_step(theirs, hf_forward(theirs), x, y, dtype),
+                        },
+                        REPEATS,
+                    )
+                    ratio = seconds["hf"] / seconds["tstool"]
+                    ratios.append(ratio)
+                    tokens = x.numel()
+                    report.add_row(
+                        f"{preset} {dtype} {device.type}",
+                        f"{tokens:,}",
+                        f"{tokens / seconds['tstool']:,.0f}",
+                        f"{tokens / seconds['hf']:,.0f}",
+                        f"[{'green' if ratio >= TARGET else 'red'}]{ratio:.3f}",
+                    )
+    console.print(report)
+    threads_note(console)
+    worst = min(ratios)
+    return Result("train_vs_hf", worst, "ratio (min over cases)", TARGET, worst >= TARGET)
