@@ -28,8 +28,9 @@ lint: install
 	$(BIN)/ruff check tstool tests bench
 	$(BIN)/ruff format --check tstool tests bench
 
+# --resume auto: running it again continues an interrupted run, or reuses a finished one.
 train: install
-	$(BIN)/tstool train --config tiny --article-weight $(WEIGHT) --out-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(BIN)/tstool train --config tiny --article-weight $(WEIGHT) --out-dir $(RUN_DIR) --resume auto $(TRAIN_ARGS)
 	$(BIN)/tstool generate --checkpoint $(RUN_DIR) --num-samples 1 --score-articles
 
 train-baseline:

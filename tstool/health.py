@@ -13,9 +13,10 @@ RATIO_BANDS: tuple[tuple[float, str, str], ...] = (
     (1.2, "slightly high", "info"),
     (0.8, "balanced", "ok"),
     (0.5, "articles easier", "ok"),
-    (0.0, "possibly over-weighted", "warn"),
 )
-# Articles are among the most predictable tokens, so without up-weighting a low ratio is expected.
+# At or below 0.5: with up-weighting the weight may be too high; without it, articles are simply
+# among the most predictable tokens.
+WEIGHTED_LOW_BAND = ("possibly over-weighted", "warn")
 UNWEIGHTED_LOW_BAND = ("articles easy", "ok")
 SPIKE_FACTOR = 5.0
 GAP_NATS = 0.3
@@ -28,7 +29,7 @@ def ratio_band(ratio: float | None, article_weight: float = 1.0) -> tuple[str, s
     for bound, label, severity in RATIO_BANDS:
         if ratio > bound:
             return label, severity
-    return RATIO_BANDS[-1][1:] if article_weight > 1.0 else UNWEIGHTED_LOW_BAND
+    return WEIGHTED_LOW_BAND if article_weight > 1.0 else UNWEIGHTED_LOW_BAND
 
 
 class HealthMonitor:

@@ -120,6 +120,7 @@ class Trainer:
         self.weight_table = self.articles.weight_table(tc.article_weight).to(self.device)
         self.article_mask = self.articles.mask_table().to(self.device)
         self.step, self.bad_steps, self.best_val = 0, 0, float("inf")
+        self.resumed_from: Path | None = None
         if resume_path is not None:
             self._restore(resume_path)
         else:
@@ -228,6 +229,7 @@ class Trainer:
         self.step, self.best_val, self.bad_steps = int(state["step"]), float(state["best_val"]), int(state["bad_steps"])
         self.sampler.load_state(SamplerState(**state["sampler"]))
         set_rng_state(state["rng"])
+        self.resumed_from = loaded.path
         self.emit({"event": "resumed", "step": self.step, "path": str(loaded.path)})
 
     # -- one optimizer step ----------------------------------------------------------------------
@@ -294,7 +296,7 @@ class Trainer:
         started, window_start = time.perf_counter(), time.perf_counter()
         window = zero_parts(self.device)
         last_train = last_val = None
-        checkpoint: Path | None = None
+        checkpoint: Path | None = self.resumed_from  # a finished run resumed again is not re-saved
         steps_this_run, window_steps = 0, 0
         try:
             while self.step < tc.max_steps:
