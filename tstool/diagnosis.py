@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenizers import Encoding
 
-from tstool.articles import FORM_TEXT, ArticleSet, ResolvedForm, resolve_articles
+from tstool.articles import ALL_FORMS, FORM_TEXT, ArticleSet, ResolvedForm, resolve_articles
 from tstool.config import ArticleConfig, ArticleForm
 from tstool.data import Corpus
 from tstool.stats import ArticleCounts, Progress, count_article_tokens, count_articles, find_articles
@@ -414,7 +414,7 @@ def diagnose(
     progress: Progress | None = None,
 ) -> Diagnosis:
     """Everything `tstool diagnose-tokenizer` reports, for one tokenizer and article config."""
-    every = resolve_articles(tokenizer, ArticleConfig(words=cfg.words))
+    every = resolve_articles(tokenizer, ArticleConfig(words=cfg.words, forms=list(ALL_FORMS)))
     weighted = resolve_articles(tokenizer, cfg)
     forms = check_forms(tokenizer, every, weighted)
     contexts = check_contexts(tokenizer, every)

@@ -137,6 +137,7 @@ def check_split(split: str) -> Split:
 class EvalReport:
     checkpoint: str
     step: int
+    article_weight: float  # what the model was trained with, for reading the ratio
     data: dict[str, Any]  # source, split, stories, tokens, bytes_per_token, blocks, seq_len
     article_forms: list[dict[str, Any]]  # text and token ID of each single-token form
     metrics: dict[str, float | int | None]
@@ -193,6 +194,7 @@ def evaluate(
     return EvalReport(
         checkpoint=str(loaded.path),
         step=int(loaded.meta["step"]),
+        article_weight=loaded.config.train.article_weight,
         data={
             "source": _source(data),
             "split": split,

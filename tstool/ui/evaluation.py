@@ -77,7 +77,7 @@ def render_eval(console: Console, report: EvalReport) -> None:
         ("bits per byte", _num(m["bpb"]), "loss / ln 2 / bytes per token: compares across tokenizers"),
         ("article loss", _num(m["article_loss"]), f"mean CE at {m['article_tokens']:,} article targets"),
         ("other loss", _num(m["other_loss"]), "mean CE at all other targets"),
-        ("ratio", ratio_text(m["ratio"]), "article loss / other loss"),
+        ("ratio", ratio_text(m["ratio"], report.article_weight), "article loss / other loss"),
         (
             "article precision",
             _pct(m["article_precision"]),
