@@ -4,7 +4,8 @@ TORCH ?= torch
 VENV := .venv
 BIN := $(VENV)/bin
 WEIGHT ?= 5
-RUN_DIR ?= runs/tiny-w$(WEIGHT)
+# make train, make train-baseline and make experiment share runs/w5 and runs/w1.
+RUN_DIR ?= runs/w$(WEIGHT)
 TRAIN_ARGS ?=
 
 .PHONY: install test test-fast lint train train-baseline resume experiment bench clean
@@ -36,11 +37,11 @@ train: install
 train-baseline:
 	$(MAKE) train WEIGHT=1
 
-resume: install
-	$(BIN)/tstool train --config tiny --article-weight $(WEIGHT) --out-dir $(RUN_DIR) --resume auto $(TRAIN_ARGS)
+# `make train` already continues an interrupted run; this name says so.
+resume: train
 
 experiment: install
-	$(BIN)/tstool experiment --out-dir runs/experiment
+	$(BIN)/tstool experiment --config tiny --out-dir runs
 
 bench: install
 	$(BIN)/python -m bench

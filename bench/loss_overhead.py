@@ -31,7 +31,7 @@ from tstool.config import ArticleConfig
 
 PRESET = "tiny"
 DTYPE = "fp32"
-BATCH = 8
+BATCH = 4
 REPEATS = 7
 TARGET = 1.03
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import signal
 import statistics
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-CALIBRATION_STEPS = 20
+CALIBRATION_STEPS = 12
 NEVER_ENDS = 10**9  # max_steps: the run is stopped by time, not by its schedule
 
 
@@ -46,8 +47,8 @@ def rss_mb(pid: int) -> float | None:
         status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return kib / 1024
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return None if kib is None else kib / 1024  # no VmRSS: a zombie
 
 
 def records(run: Path) -> list[dict[str, Any]]:
@@ -58,7 +59,7 @@ def calibrate(config: str, folder: Path) -> float:
     """Training steps per second of `config` on this machine, timed between the first and last log lines."""
     run = folder / "calibrate"
     args = ["train", "--config", config, "--out-dir", str(run), "--max-steps", str(CALIBRATION_STEPS)]
-    proc = tstool([*args, "--set", "train.log_interval=5"], folder / "calibrate.log")
+    proc = tstool([*args, "--set", "train.log_interval=4"], folder / "calibrate.log")
     if proc.wait() != 0:
         log(f"calibration failed; see {folder / 'calibrate.log'}")
         raise SystemExit(2)
@@ -68,9 +69,12 @@ def calibrate(config: str, folder: Path) -> float:
 
 
 def growth_after_warmup(samples: list[tuple[float, float]], warmup_s: float) -> tuple[float, float, float]:
-    """(baseline, end, growth): the first RSS after warm-up, the median of the last three samples, and the rise."""
+    """(baseline, end, growth): medians of the first and of the last three samples after warm-up, and the rise.
+
+    Medians, because RSS swings by tens of MiB within one step as activations come and go.
+    """
     settled = [mb for t, mb in samples if t >= warmup_s]
-    baseline, end = settled[0], statistics.median(settled[-3:])
+    baseline, end = statistics.median(settled[:3]), statistics.median(settled[-3:])
     return baseline, end, (end - baseline) / baseline
 
 
@@ -94,14 +98,16 @@ def soak(args: argparse.Namespace, folder: Path) -> int:
     proc = tstool(train_args, folder / "train.log")
     started = time.monotonic()
     samples: list[tuple[float, float]] = []
-    while (elapsed := time.monotonic() - started) < duration:
+    for tick in range(1, int(duration // args.sample_s) + 1):  # on a fixed grid, so sleeps do not drift
+        at = tick * args.sample_s
+        time.sleep(max(0.0, started + at - time.monotonic()))
         mb = rss_mb(proc.pid)
         if mb is None or proc.poll() is not None:
             log(f"training ended early (exit {proc.wait()}); see {folder / 'train.log'}")
             return 2
-        samples.append((round(elapsed, 1), round(mb, 1)))
-        log(f"{elapsed / 60:5.1f} min  RSS {mb:7.1f} MiB")
-        time.sleep(min(args.sample_s, max(0.0, duration - elapsed)))
+        samples.append((at, round(mb, 1)))
+        log(f"{at / 60:5.1f} min  RSS {mb:7.1f} MiB")
+    time.sleep(max(0.0, started + duration - time.monotonic()))
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=300)
     if code != 143:
@@ -116,7 +122,7 @@ def soak(args: argparse.Namespace, folder: Path) -> int:
         "steps_per_s": steps_per_s,
         "ckpt_steps": ckpt_steps,
         "final_step": final_step,
-        "checkpoints": final_step // ckpt_steps + 1,  # every interval, plus the one SIGTERM leaves
+        "checkpoints": math.ceil(final_step / ckpt_steps),  # every interval, plus the one SIGTERM leaves
         "warmup_s": warmup_s,
         "rss_mib": {
             "first": samples[0][1],
