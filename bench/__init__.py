@@ -59,19 +59,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each side, timed in turns (A B A B ...) so that load on the
-    machine, which drifts, hits every side alike. Each callable must finish its own device work."""
+class Timings(dict[str, list[float]]):
+    """Seconds per call of each side, one entry per round of `interleaved`."""
+
+    def median(self, side: str) -> float:
+        return statistics.median(self[side])
+
+    def ratio(self, numerator: str, denominator: str) -> float:
+        """Median over rounds of numerator/denominator time. The two calls of a round ran back to back,
+        under the same load, so this is steadier on a busy machine than a ratio of medians."""
+        return statistics.median(a / b for a, b in zip(self[numerator], self[denominator], strict=True))
+
+
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timings:
+    """Time the sides in turns (A B A B ...), `repeats` rounds after `warmup` untimed ones, so that
+    load on the machine, which drifts, hits every side alike. Each callable finishes its own device work."""
     for _ in range(warmup):
         for call in sides.values():
             call()
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    times = Timings({name: [] for name in sides})
     for _ in range(repeats):
         for name, call in sides.items():
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def table(title: str, *columns: str) -> Table:

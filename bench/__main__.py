@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 
 from rich.console import Console
 
@@ -17,7 +18,10 @@ def main(names: list[str]) -> int:
         return 2
     console = Console(width=120)  # tables stay whole when piped to a file
     for name in names or BENCHMARKS:
-        importlib.import_module(f"bench.{name}").run(console).emit()
+        start = time.perf_counter()
+        result = importlib.import_module(f"bench.{name}").run(console)
+        console.print(f"[dim]{name}: {time.perf_counter() - start:.0f} s[/dim]")
+        result.emit()
     return 0
 
 

@@ -42,7 +42,7 @@ def run(console: Console) -> Result:
     packed: list[int] = []
     seconds = interleaved(
         {"pack": lambda: packed.append(len(tokenize_stories(corpus.stories, tok)))}, REPEATS, warmup=0
-    )
+    ).median("pack")
     tokens = packed[0]
     stats_s = dataset_stats_seconds()
     title = f"data: bundled train split, {len(corpus.stories):,} stories, {corpus.num_bytes / 1e6:.1f} MB"

@@ -2,8 +2,8 @@
 
 A child process (`python -m bench.memory PRESET`) builds the preset's model, a batch of the preset's
 batch size and sequence length, and runs two full steps (tstool loss, fused AdamW; the second has
-optimizer state), then reports `ru_maxrss`. The start-up figure (imports, before the model) is
-reported beside it. There is no target: value is the largest peak, for tracking.
+optimizer state), then reports its peak resident set (see `peak_rss_mb`). The start-up figure
+(imports, before the model) is reported beside it. There is no target: value is the largest peak, for tracking.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -23,7 +24,15 @@ PRESETS = ("debug", "tiny", "small")
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak resident set. Linux carries ru_maxrss over from the parent through fork and
+    exec, so a child of a big benchmark process would report the parent's size; VmHWM belongs to the
+    address space exec made fresh, so it is read where it exists."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS, the other /proc-less OS
 
 
 def measure(preset: str) -> dict[str, float]:

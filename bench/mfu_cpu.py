@@ -2,10 +2,11 @@
 
 Achieved = tokens/s x `tstool.model.flops_per_token` (6N plus attention) for tstool's real training
 step (weighted loss, fused AdamW). Two peaks, both measured here in the step's dtype:
-`tstool.runtime.peak_matmul_flops` (one 1024² matmul, what the training table's MFU divides by), and
-the best rate over that and the model's own GEMM shapes. On a CPU whose bf16 matmul is slow for
-large squares the first is no peak at all (MFU above 1), so the value uses the second.
-Value: MFU of the small preset in bf16 against the best-shape peak.
+`tstool.runtime.peak_matmul_flops` (one 1024² a @ b, what the training table's MFU divides by), and
+the best rate over the model's linear-layer shapes and 1024³ in all three layouts training uses
+(forward, input gradient, weight gradient). Where bf16 has no hardware support the a @ b layout is
+several times slower than x @ W.T, so the first is no peak at all (MFU above 1); the value uses the
+second. Value: MFU of the small preset in bf16 against the best-layout peak.
 """
 
 from __future__ import annotations
@@ -40,20 +41,26 @@ TARGET = 0.5
 
 
 def gemm_shapes(cfg: ModelConfig, vocab_size: int, tokens: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of the model's forward matmuls at `tokens` rows: qkv, output, gate/up, down, head."""
+    """(m, k, n) of the model's linear layers at `tokens` rows (qkv, output, gate/up, down, head), and 1024³."""
     qkv = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
     d, f = cfg.d_model, cfg.ffn_hidden
-    return [(tokens, d, qkv), (tokens, d, d), (tokens, d, 2 * f), (tokens, f, d), (tokens, d, vocab_size)]
+    linears = [(tokens, d, qkv), (tokens, d, d), (tokens, d, 2 * f), (tokens, f, d), (tokens, d, vocab_size)]
+    return [*linears, (1024, 1024, 1024)]
 
 
-def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype) -> float:
-    """FLOP/s of one (m, k) @ (k, n) matmul after a warm-up call."""
+def linear_rates(m: int, k: int, n: int, dtype: torch.dtype) -> list[float]:
+    """FLOP/s of the three matmuls a linear layer x (m, k), W (n, k) costs in training: forward
+    x @ W.T, input gradient g @ W, weight gradient g.T @ x. Their speeds differ by up to 8x in bf16
+    on CPUs without bf16 hardware, so a peak taken from one layout alone can be far from the peak."""
     generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(m, k, generator=generator).to(dtype), torch.randn(k, n, generator=generator).to(dtype)
-    a @ b
-    start = time.perf_counter()
-    a @ b
-    return 2 * m * k * n / (time.perf_counter() - start)
+    x, w, g = (torch.randn(*shape, generator=generator).to(dtype) for shape in ((m, k), (n, k), (m, n)))
+    rates = []
+    for product in (lambda: x @ w.T, lambda: g @ w, lambda: g.T @ x):
+        product()  # warm-up
+        start = time.perf_counter()
+        product()
+        rates.append(2 * m * k * n / (time.perf_counter() - start))
+    return rates
 
 
 def run(console: Console) -> Result:
@@ -63,22 +70,21 @@ def run(console: Console) -> Result:
     x, y = batch(tok.vocab_size, BATCH, cfg.max_seq_len, device)
     per_token = flops_per_token(cfg, tok.vocab_size, cfg.max_seq_len)
     title = f"mfu_cpu: {PRESET} preset, {x.numel():,} tokens/step"
-    columns = ("dtype", "tok/s", "model GFLOP/s", "1024² peak", "MFU vs 1024²", "best-shape peak", "MFU")
+    columns = ("dtype", "tok/s", "model GFLOP/s", "1024² peak", "MFU vs 1024²", "best-layout peak", "MFU")
     report = table(title, *columns)
     mfu = {}
     for dtype in DTYPES:
         square = peak_matmul_flops(device, dtype, repeats=2)
-        seconds = interleaved({"step": train_step(model, model, x, y, dtype, article_loss(tok, device))}, REPEATS)
-        rates = [
-            matmul_rate(*shape, AUTOCAST_DTYPES.get(dtype, torch.float32))
-            for shape in gemm_shapes(cfg, tok.vocab_size, x.numel())
-        ]
-        best = max([square, *rates])
-        achieved = x.numel() / seconds["step"] * per_token
+        step = train_step(model, model, x, y, dtype, article_loss(tok, device))
+        seconds = interleaved({"step": step}, REPEATS).median("step")
+        torch_dtype = AUTOCAST_DTYPES.get(dtype, torch.float32)
+        shapes = gemm_shapes(cfg, tok.vocab_size, x.numel())
+        best = max(rate for shape in shapes for rate in linear_rates(*shape, torch_dtype))
+        achieved = x.numel() / seconds * per_token
         mfu[dtype] = achieved / best
         report.add_row(
             dtype,
-            f"{x.numel() / seconds['step']:,.0f}",
+            f"{x.numel() / seconds:,.0f}",
             f"{achieved / 1e9:.2f}",
             f"{square / 1e9:.2f}",
             f"{achieved / square:.2f}",

@@ -117,7 +117,9 @@ class Trainer:
         self.model = TinyLlama(cfg.model, self.tokenizer.vocab_size).to(self.device)
         self.optimizer = build_optimizer(param_groups(self.model, tc.weight_decay), tc, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.dtype == "fp16")
-        self.weight_table = self.articles.weight_table(tc.article_weight).to(self.device)
+        # The CPU copy gives each step's total weight from the targets before they reach the device.
+        self.weight_table_cpu = self.articles.weight_table(tc.article_weight)
+        self.weight_table = self.weight_table_cpu.to(self.device)
         self.article_mask = self.articles.mask_table().to(self.device)
         self.step, self.bad_steps, self.best_val = 0, 0, float("inf")
         self.resumed_from: Path | None = None
@@ -238,7 +240,7 @@ class Trainer:
         micro = [self.sampler.next_batch(self.train_tokens.tokens) for _ in range(tc.grad_accum)]
         # Normalise by the total weight of the whole step (all micro-batches, all ranks); DDP averages
         # gradients over ranks, so multiply back by the world size.
-        total_weight = sum(self.weight_table.cpu()[y].sum() for _, y in micro).to(self.device)
+        total_weight = sum(self.weight_table_cpu[y].sum() for _, y in micro).to(self.device)
         scale = self.ddp.world / all_reduce_sum(total_weight, self.ddp)
         lr = learning_rate(self.step, tc)
         for group in self.optimizer.param_groups:
