@@ -18,7 +18,7 @@ from tstool.model import TinyLlama
 
 PRESET = "tiny"
 NEW_TOKENS = 100
-REPEATS = 4
+REPEATS = 3
 TARGET = 1.0
 
 

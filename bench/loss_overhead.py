@@ -32,7 +32,7 @@ from tstool.config import ArticleConfig
 PRESET = "tiny"
 DTYPE = "fp32"
 BATCH = 4
-REPEATS = 7
+REPEATS = 5
 TARGET = 1.03
 
 

@@ -125,13 +125,16 @@ def peak_matmul_flops(device: torch.device, dtype: str, size: int = 1024, repeat
     # Inputs from the CPU with a private generator: the global RNG (dropout) must not move.
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=torch_dtype)
-    b = torch.randn(size, size, generator=generator).to(device=device, dtype=torch_dtype)
+    # nn.Linear multiplies by a transposed weight; on CPUs without bf16 hardware the plain layout is
+    # far slower, which would make MFU read above 1 and cost seconds at start-up.
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=torch_dtype).t()
     a @ b  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
+    done, start = 0, time.perf_counter()
+    while done < repeats and (done == 0 or time.perf_counter() - start < 0.5):  # at most ~0.5 s
         a @ b
+        done += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+    return 2 * size**3 * done / (time.perf_counter() - start)
