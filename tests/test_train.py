@@ -109,8 +109,16 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(cli_json) -> None:
 def test_gradient_accumulation_equals_a_larger_batch(tmp_path: Path) -> None:
     losses = {}
     for name, batch, accum in (("big", 8, 1), ("accum", 2, 4)):
-        cfg = resolve("debug", {"train.batch_size": batch, "train.grad_accum": accum, "train.max_steps": 4,
-                                "train.log_interval": 1, "train.article_weight": 4.0})
+        cfg = resolve(
+            "debug",
+            {
+                "train.batch_size": batch,
+                "train.grad_accum": accum,
+                "train.max_steps": 4,
+                "train.log_interval": 1,
+                "train.article_weight": 4.0,
+            },
+        )
         train(cfg, RunOptions(out_dir=tmp_path / name))
         losses[name] = [r["loss"] for r in train_records(tmp_path / name).values()]
     assert losses["big"] == pytest.approx(losses["accum"], rel=1e-5)
@@ -140,9 +148,14 @@ def test_refuses_an_out_dir_holding_another_run(cli, cli_json, user_error) -> No
     cli_json("train", *DEBUG, "--max-steps", 4, "--out-dir", "run", "--overwrite", "--set", "train.lr=0.01")
 
 
-def run_subprocess(args: list[str], env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+def run_subprocess(
+    args: list[str], env: dict[str, str] | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tstool", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "tstool", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -151,8 +164,9 @@ def run_subprocess(args: list[str], env: dict[str, str] | None = None, timeout: 
 @pytest.mark.parametrize("point", ["save:state", "save:before-link"])
 def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(point: str, cli_json) -> None:
     cli_json("train", *DEBUG, "--max-steps", 30, "--out-dir", "run", "--stop-after", 10)
-    crashed = run_subprocess(["train", *DEBUG, "--max-steps", 30, "--out-dir", "run", "--resume", "auto"],
-                             env={"TSTOOL_FAULT": point})
+    crashed = run_subprocess(
+        ["train", *DEBUG, "--max-steps", 30, "--out-dir", "run", "--resume", "auto"], env={"TSTOOL_FAULT": point}
+    )
     assert crashed.returncode == 17, crashed.stderr
     loaded = ckpt.load_checkpoint(Path("run"), with_state=True)
     assert loaded.meta["step"] == 10 and loaded.state["step"] == 10
@@ -178,8 +192,22 @@ def test_sigterm_saves_a_resumable_checkpoint() -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tstool", "train", *DEBUG, "--max-steps", "100000", "--out-dir", "run",
-         "--set", "train.log_interval=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tstool",
+            "train",
+            *DEBUG,
+            "--max-steps",
+            "100000",
+            "--out-dir",
+            "run",
+            "--set",
+            "train.log_interval=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 60
     while not Path("run/metrics.jsonl").is_file() or not Path("run/metrics.jsonl").read_text().strip():
@@ -197,9 +225,30 @@ def test_sigterm_saves_a_resumable_checkpoint() -> None:
 def test_ddp_two_cpu_processes_stay_in_sync_and_learn(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "tstool", "train", *DEBUG,
-         "--max-steps", "30", "--out-dir", "ddp", "--json", "--set", "train.log_interval=5", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "tstool",
+            "train",
+            *DEBUG,
+            "--max-steps",
+            "30",
+            "--out-dir",
+            "ddp",
+            "--json",
+            "--set",
+            "train.log_interval=5",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)

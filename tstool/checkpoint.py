@@ -157,7 +157,9 @@ def resolve_checkpoint(path: Path) -> Path:
     if (latest / META).is_file():
         return latest.resolve()
     if path.exists():
-        raise CheckpointError(f"{path} holds no checkpoint (no {META} and no {CKPT_DIR}/latest): pass a run or checkpoint folder")
+        raise CheckpointError(
+            f"{path} holds no checkpoint (no {META} and no {CKPT_DIR}/latest): pass a run or checkpoint folder"
+        )
     raise CheckpointError(f"checkpoint {path} does not exist: pass a run folder or a checkpoint folder")
 
 
@@ -177,7 +179,8 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / META} lacks {', '.join(missing)}: the checkpoint is damaged or not from tstool")
     if _version_tuple(str(meta["tstool_version"])) > _version_tuple(__version__):
         raise CheckpointError(
-            f"{path} was written by tstool {meta['tstool_version']}, newer than this tstool {__version__}: upgrade tstool"
+            f"{path} was written by tstool {meta['tstool_version']}, "
+            f"newer than this tstool {__version__}: upgrade tstool"
         )
     return meta
 
@@ -200,8 +203,12 @@ def load_checkpoint(path: Path, with_state: bool = False) -> Checkpoint:
                 "(it could run code): use a checkpoint written by tstool"
             )
         except (OSError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(f"{path / STATE} could not be read ({str(exc).splitlines()[0]}): the checkpoint is damaged")
-        missing = [key for key in REQUIRED_STATE if key not in state] if isinstance(state, dict) else list(REQUIRED_STATE)
+            raise CheckpointError(
+                f"{path / STATE} could not be read ({str(exc).splitlines()[0]}): the checkpoint is damaged"
+            )
+        missing = (
+            [key for key in REQUIRED_STATE if key not in state] if isinstance(state, dict) else list(REQUIRED_STATE)
+        )
         if missing:
             raise CheckpointError(
                 f"{path / STATE} lacks {', '.join(missing)}: the checkpoint is damaged or not from tstool; "

@@ -79,7 +79,9 @@ class DataConfig(Section):
     split: str = Field("train", description="Training split of the Hugging Face dataset.")
     val_split: str = Field("validation", description="Validation split of the Hugging Face dataset.")
     limit: int | None = Field(None, ge=1, description="Use at most this many stories per split.")
-    tokenizer: str | None = Field(None, description="tokenizer.json, a folder with one, or GPT-2 vocab/merges; null = shipped.")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json, a folder with one, or GPT-2 vocab/merges; null = shipped."
+    )
     cache_dir: str | None = Field(None, description="Token cache folder; null = $TSTOOL_CACHE or ~/.cache/tstool.")
 
 
@@ -160,7 +162,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist: check the path or use a preset ({', '.join(list_presets())})")
+        raise ConfigError(
+            f"config file {path} does not exist: check the path or use a preset ({', '.join(list_presets())})"
+        )
     except (UnicodeDecodeError, IsADirectoryError) as exc:
         raise ConfigError(f"config file {path} is not a UTF-8 YAML file ({exc.__class__.__name__}): pass a YAML file")
     try:
@@ -169,7 +173,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {path} is not valid plain YAML{line} ({problem}): fix it; Python tags are never loaded")
+        raise ConfigError(
+            f"config file {path} is not valid plain YAML{line} ({problem}): fix it; Python tags are never loaded"
+        )
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -238,7 +244,11 @@ def validate(data: dict[str, Any]) -> Config:
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "config"
-            message = "unknown key (check the spelling; see `tstool config show`)" if err["type"] == "extra_forbidden" else err["msg"]
+            message = (
+                "unknown key (check the spelling; see `tstool config show`)"
+                if err["type"] == "extra_forbidden"
+                else err["msg"]
+            )
             lines.append(f"{where}: {message}")
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
 

@@ -143,7 +143,9 @@ def read_hf_dataset(name: str, split: str) -> list[str]:
             loaded = datasets.load_from_disk(name)
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise InputError(f"dataset {name} has no split '{split}' (it has {', '.join(loaded)}): pass --split")
+                    raise InputError(
+                        f"dataset {name} has no split '{split}' (it has {', '.join(loaded)}): pass --split"
+                    )
                 loaded = loaded[split]
         else:
             loaded = datasets.load_dataset(name, split=split)
@@ -176,7 +178,9 @@ def load_corpus(cfg: DataConfig, split: Split) -> Corpus:
             stories = read_files(cfg.files)
             if not cfg.val_files:
                 if len(stories) < 2:
-                    raise InputError("the data holds a single story: add more stories or pass --val-data for validation")
+                    raise InputError(
+                        "the data holds a single story: add more stories or pass --val-data for validation"
+                    )
                 cut = _held_out_index(len(stories), cfg.val_fraction)
                 stories = stories[:cut] if split == "train" else stories[cut:]
             name = f"files:{split}"

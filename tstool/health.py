@@ -51,7 +51,9 @@ class HealthMonitor:
         if grad_norm is not None and len(self.grad_norms) >= 10:
             median = statistics.median(self.grad_norms)
             if grad_norm > SPIKE_FACTOR * median:
-                warnings.append(f"grad norm spike: {grad_norm:.2f} is over {SPIKE_FACTOR:g}x the recent median {median:.2f}")
+                warnings.append(
+                    f"grad norm spike: {grad_norm:.2f} is over {SPIKE_FACTOR:g}x the recent median {median:.2f}"
+                )
         if grad_norm is not None:
             self.grad_norms.append(grad_norm)
         self.last_train_loss = record.get("loss_unweighted")

@@ -85,7 +85,9 @@ def _load_json(path: Path) -> TextTokenizer:
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TokenizerError(f"{path} is not a JSON tokenizer file: pass a tokenizer.json written by HF tokenizers")
     except Exception as exc:  # the Rust side raises plain Exception for malformed tokenizers
-        raise TokenizerError(f"{path} could not be loaded as a tokenizer ({str(exc).splitlines()[0]}): pass a valid tokenizer.json")
+        raise TokenizerError(
+            f"{path} could not be loaded as a tokenizer ({str(exc).splitlines()[0]}): pass a valid tokenizer.json"
+        )
     return _finish(backend, str(path))
 
 
@@ -94,7 +96,9 @@ def _load_gpt2_files(vocab: Path, merges: Path) -> TextTokenizer:
     try:
         backend = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
     except Exception as exc:
-        raise TokenizerError(f"{vocab.parent} holds vocab.json/merges.txt that could not be read ({exc}): check the files")
+        raise TokenizerError(
+            f"{vocab.parent} holds vocab.json/merges.txt that could not be read ({exc}): check the files"
+        )
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -116,8 +120,12 @@ def load_tokenizer(spec: str | Path | None = None) -> TextTokenizer:
             return _load_json(path / "tokenizer.json")
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             return _load_gpt2_files(path / "vocab.json", path / "merges.txt")
-        raise TokenizerError(f"{path} holds neither tokenizer.json nor vocab.json + merges.txt: point --tokenizer at one")
-    raise TokenizerError(f"tokenizer {path} does not exist: pass a tokenizer.json, a folder with one, or GPT-2 vocab/merges")
+        raise TokenizerError(
+            f"{path} holds neither tokenizer.json nor vocab.json + merges.txt: point --tokenizer at one"
+        )
+    raise TokenizerError(
+        f"tokenizer {path} does not exist: pass a tokenizer.json, a folder with one, or GPT-2 vocab/merges"
+    )
 
 
 def train_tokenizer(stories: Iterator[str] | list[str], vocab_size: int, show_progress: bool = True) -> TextTokenizer:

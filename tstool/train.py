@@ -131,7 +131,9 @@ class Trainer:
                 load_hf_weights(self.model, options.init_from)
         if self.ddp.is_main:  # only now that data, tokenizer and checkpoint have all loaded
             self.run_dir.write(cfg, self.tokenizer, replace=options.overwrite and resume_path is None)
-        self.metrics = MetricsLog(self.run_dir.metrics_path, self.step if resume_path else None) if self.ddp.is_main else None
+        self.metrics = (
+            MetricsLog(self.run_dir.metrics_path, self.step if resume_path else None) if self.ddp.is_main else None
+        )
         self.health = HealthMonitor(tc.article_weight)
         self.forward_model: torch.nn.Module = torch.compile(self.model) if tc.compile else self.model
         if self.ddp.enabled:
@@ -172,7 +174,9 @@ class Trainer:
         if not torch.equal(y[:, :-1], x[:, 1:]):
             raise TrainingHalted("self-check failed: targets are not the inputs shifted by one token")
         with torch.no_grad():
-            parts = weighted_cross_entropy(self.model(x.to(self.device)), y.to(self.device), torch.ones_like(self.weight_table), self.article_mask)
+            parts = weighted_cross_entropy(
+                self.model(x.to(self.device)), y.to(self.device), torch.ones_like(self.weight_table), self.article_mask
+            )
         loss, expected = float(parts.ce_sum / parts.token_count), math.log(self.tokenizer.vocab_size)
         if abs(loss - expected) > INIT_LOSS_TOLERANCE * expected:
             raise TrainingHalted(
@@ -322,7 +326,9 @@ class Trainer:
                         checkpoint = self.save()
                         if checkpoint:
                             ckpt.mark_best(self.run_dir.path, checkpoint)
-                if self.step % tc.ckpt_interval == 0 and (checkpoint is None or not checkpoint.name.endswith(f"{self.step:07d}")):
+                if self.step % tc.ckpt_interval == 0 and (
+                    checkpoint is None or not checkpoint.name.endswith(f"{self.step:07d}")
+                ):
                     checkpoint = self.save()
                 if self._should_stop() or (self.options.stop_after and steps_this_run >= self.options.stop_after):
                     break
@@ -336,14 +342,21 @@ class Trainer:
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
             raise Interrupted(
-                f"stopped by {name} at step {self.step}; checkpoint saved to {checkpoint}; "
-                "continue with --resume auto", SIGNAL_EXIT[self.stop_signal]
+                f"stopped by {name} at step {self.step}; checkpoint saved to {checkpoint}; continue with --resume auto",
+                SIGNAL_EXIT[self.stop_signal],
             )
         summary = TrainSummary(
-            step=self.step, max_steps=tc.max_steps, checkpoint=checkpoint, last_train=last_train, last_val=last_val,
+            step=self.step,
+            max_steps=tc.max_steps,
+            checkpoint=checkpoint,
+            last_train=last_train,
+            last_val=last_val,
             best_val_loss=None if math.isinf(self.best_val) else self.best_val,
-            wall_time_s=time.perf_counter() - started, bad_steps=self.bad_steps, world=self.ddp.world,
-            is_main=self.ddp.is_main, ddp_params_in_sync=self._params_in_sync() if self.ddp.enabled else None,
+            wall_time_s=time.perf_counter() - started,
+            bad_steps=self.bad_steps,
+            world=self.ddp.world,
+            is_main=self.ddp.is_main,
+            ddp_params_in_sync=self._params_in_sync() if self.ddp.enabled else None,
         )
         self.emit({"event": "end", "step": self.step, "checkpoint": str(checkpoint)})
         return summary
@@ -360,11 +373,19 @@ class Trainer:
 
     def _on_bad_step(self) -> None:
         self.bad_steps += 1
-        self.emit({"event": "warning", "step": self.step, "message": f"non-finite loss at step {self.step}: update skipped"})
+        self.emit(
+            {"event": "warning", "step": self.step, "message": f"non-finite loss at step {self.step}: update skipped"}
+        )
         if self.metrics:
-            self.metrics.write({"step": self.step, "event": "skipped", "reason": "non-finite loss", "bad_steps": self.bad_steps})
+            self.metrics.write(
+                {"step": self.step, "event": "skipped", "reason": "non-finite loss", "bad_steps": self.bad_steps}
+            )
         if self.bad_steps >= self.cfg.train.max_bad_steps:
-            last = ckpt.resolve_checkpoint(self.run_dir.path) if (self.run_dir.path / ckpt.CKPT_DIR / "latest").exists() else None
+            last = (
+                ckpt.resolve_checkpoint(self.run_dir.path)
+                if (self.run_dir.path / ckpt.CKPT_DIR / "latest").exists()
+                else None
+            )
             raise TrainingHalted(
                 f"{self.bad_steps} non-finite losses in a row at step {self.step}: stopped; last good checkpoint: "
                 f"{last or 'none yet'}. Lower train.lr or use --dtype fp32, then --resume auto"

@@ -19,9 +19,24 @@ Split = Annotated[str, typer.Option("--split", help="Which split: train or val (
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most this many stories.")]
 Tokenizer = Annotated[
     Optional[Path],
-    typer.Option("--tokenizer", help="tokenizer.json, a folder with one, or GPT-2 vocab.json+merges.txt \\[default: shipped]."),
+    typer.Option(
+        "--tokenizer", help="tokenizer.json, a folder with one, or GPT-2 vocab.json+merges.txt \\[default: shipped]."
+    ),
 ]
 ConfigSource = Annotated[Optional[str], typer.Option("--config", help="Preset name (tiny, small, ...) or YAML file.")]
 Sets = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override any config key: section.key=value (repeatable).")
+]
+Checkpoint = Annotated[
+    Path,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        metavar="RUN_DIR|CKPT_DIR",
+        help="A run folder (its latest checkpoint) or a checkpoint folder.",
+    ),
+]
+RunTokenizer = Annotated[
+    Optional[Path],
+    typer.Option("--tokenizer", help="The run's tokenizer.json, when it is not next to the checkpoint."),
 ]

@@ -14,8 +14,20 @@ from tstool.health import ratio_band
 
 SEVERITY_STYLE = {"ok": "green", "info": "cyan", "warn": "yellow", "bad": "bold red"}
 COLUMNS = (
-    "step", "epoch", "loss", "unweighted", "ppl", "article", "other", "ratio",
-    "art acc", "lr", "grad", "tok/s", "MFU", "ETA",
+    "step",
+    "epoch",
+    "loss",
+    "unweighted",
+    "ppl",
+    "article",
+    "other",
+    "ratio",
+    "art acc",
+    "lr",
+    "grad",
+    "tok/s",
+    "MFU",
+    "ETA",
 )
 
 
@@ -42,17 +54,32 @@ def ratio_text(ratio: float | None, article_weight: float) -> Text:
 
 def train_row(r: dict[str, Any], article_weight: float) -> list[Any]:
     return [
-        f"{r['step']}/{r['max_steps']}", _num(r.get("epoch"), 2), _num(r.get("loss")), _num(r.get("loss_unweighted")),
-        _num(r.get("ppl"), 1), _num(r.get("article_loss")), _num(r.get("other_loss")), ratio_text(r.get("ratio"), article_weight),
-        _num(r.get("article_acc"), 3), f"{r['lr']:.2e}", _num(r.get("grad_norm"), 2),
-        f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", _eta(r.get("eta_s")),
+        f"{r['step']}/{r['max_steps']}",
+        _num(r.get("epoch"), 2),
+        _num(r.get("loss")),
+        _num(r.get("loss_unweighted")),
+        _num(r.get("ppl"), 1),
+        _num(r.get("article_loss")),
+        _num(r.get("other_loss")),
+        ratio_text(r.get("ratio"), article_weight),
+        _num(r.get("article_acc"), 3),
+        f"{r['lr']:.2e}",
+        _num(r.get("grad_norm"), 2),
+        f"{r['tokens_per_s']:,.0f}",
+        f"{100 * r['mfu']:.1f}%",
+        _eta(r.get("eta_s")),
     ]
 
 
 def val_row(r: dict[str, Any], article_weight: float) -> list[Any]:
     row: list[Any] = [""] * len(COLUMNS)
     row[0] = Text(f"val @{r['step']}", style="bold magenta")
-    row[3], row[4], row[5], row[6] = _num(r.get("loss_unweighted")), _num(r.get("ppl"), 1), _num(r.get("article_loss")), _num(r.get("other_loss"))
+    row[3], row[4], row[5], row[6] = (
+        _num(r.get("loss_unweighted")),
+        _num(r.get("ppl"), 1),
+        _num(r.get("article_loss")),
+        _num(r.get("other_loss")),
+    )
     row[7], row[8] = ratio_text(r.get("ratio"), article_weight), _num(r.get("article_acc"), 3)
     row[9] = Text(f"bpb {_num(r.get('bpb'))}", style="magenta")
     return row
@@ -68,7 +95,8 @@ def plain_line(r: dict[str, Any], article_weight: float) -> str:
     return (
         f"step {r['step']}/{r['max_steps']} epoch {_num(r.get('epoch'), 2)} loss {_num(r.get('loss'))} "
         f"unweighted {_num(r.get('loss_unweighted'))} article {_num(r.get('article_loss'))} "
-        f"other {_num(r.get('other_loss'))} ratio {_num(r.get('ratio'), 2)} ({ratio_band(r.get('ratio'), article_weight)[0]}) "
+        f"other {_num(r.get('other_loss'))} ratio {_num(r.get('ratio'), 2)} "
+        f"({ratio_band(r.get('ratio'), article_weight)[0]}) "
         f"lr {r['lr']:.2e} grad {_num(r.get('grad_norm'), 2)} tok/s {r['tokens_per_s']:,.0f} ETA {_eta(r.get('eta_s'))}"
     )
 

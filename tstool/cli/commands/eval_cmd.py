@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,14 +16,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 @handle_errors
 def evaluate(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            "--checkpoint",
-            metavar="RUN_DIR|CKPT_DIR",
-            help="A run folder (its latest checkpoint) or a checkpoint folder.",
-        ),
-    ],
+    checkpoint: options.Checkpoint,
     data: options.Data = None,
     dataset: options.Dataset = None,
     split: options.Split = "val",

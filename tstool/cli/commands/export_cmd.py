@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,15 +14,10 @@ from tstool.cli.output import Output
 
 @handle_errors
 def export_hf(
-    checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", "-c", help="Run folder (its latest checkpoint) or a checkpoint folder.")
-    ],
+    checkpoint: options.Checkpoint,
     out: Annotated[Path, typer.Option("--out", help="Folder to write: config.json, model.safetensors, tokenizer.")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
-    tokenizer: Annotated[
-        Optional[Path],
-        typer.Option("--tokenizer", help="The run's tokenizer.json, when it is not next to the checkpoint."),
-    ] = None,
+    tokenizer: options.RunTokenizer = None,
     json_out: options.Json = False,
 ) -> None:
     """Export for transformers' LlamaForCausalLM. Example: tstool export-hf -c runs/latest --out hf/tiny"""

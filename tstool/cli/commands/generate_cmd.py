@@ -17,9 +17,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 @handle_errors
 def generate(
-    checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", "-c", help="Run folder (its latest checkpoint) or a checkpoint folder.")
-    ],
+    checkpoint: options.Checkpoint,
     prompts: Annotated[
         Optional[list[str]],
         typer.Option("--prompt", "-p", help="Prompt text, repeatable \\[default: five TinyStories openings]."),
@@ -64,10 +62,7 @@ def generate(
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    tokenizer: Annotated[
-        Optional[Path],
-        typer.Option("--tokenizer", help="The run's tokenizer.json, when it is not next to the checkpoint."),
-    ] = None,
+    tokenizer: options.RunTokenizer = None,
     json_out: options.Json = False,
 ) -> None:
     """Generate stories from a checkpoint. Example: tstool generate -c runs/latest -p "Once upon" --score-articles"""
