@@ -28,14 +28,9 @@ from tstool.inference import LoadedModel, load_model
 PROMPT = "Once upon a time there was"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Decoding a tiny model is a chain of small matmuls; on a busy machine extra intra-op threads only
-    wait on each other (ten times slower here), so these tests decode on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Decoding a tiny model is a chain of small matmuls; on a busy machine extra intra-op threads only
+# wait on each other (ten times slower here), so these tests decode on one thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
 import pytest
-import torch
 
 from tstool.articles import resolve_articles
 from tstool.config import ArticleConfig
@@ -35,14 +33,9 @@ class Text:
     continuation: str
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Decoding a tiny model is a chain of small matmuls; on a busy machine extra intra-op threads only
-    wait on each other (ten times slower here), so these tests decode on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Decoding a tiny model is a chain of small matmuls; on a busy machine extra intra-op threads only
+# wait on each other (ten times slower here), so these tests decode on one thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NAMES = ("Tom", "Lily", "Sam", "Mia")
