@@ -24,7 +24,7 @@ from torch import nn
 from tstool.articles import resolve_articles
 from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
 from tstool.loss import weighted_cross_entropy
-from tstool.model import TinyLlama, param_groups
+from tstool.model import TinyLlama
 from tstool.optim import build_optimizer
 from tstool.runtime import autocast
 from tstool.tokenizer import TextTokenizer, load_tokenizer
@@ -50,8 +50,13 @@ class Result:
 
 
 def devices() -> list[torch.device]:
-    """CPU always, and CUDA when this machine has it."""
-    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    """CPU, and CUDA when this machine has it; TSTOOL_BENCH_DEVICES=cuda (or cpu) keeps one of them."""
+    found = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    wanted = os.environ.get("TSTOOL_BENCH_DEVICES")
+    chosen = [name for name in found if not wanted or name in wanted.split(",")]
+    if not chosen:
+        raise SystemExit(f"TSTOOL_BENCH_DEVICES={wanted} names no device this machine has ({', '.join(found)})")
+    return [torch.device(name) for name in chosen]
 
 
 def synchronize(device: torch.device) -> None:
@@ -174,7 +179,7 @@ def train_step(
 ) -> Callable[[], None]:
     """One optimizer step as tstool trains: autocast forward, loss, backward, tstool's (fused) AdamW."""
     device = x.device
-    optimizer = build_optimizer(param_groups(model, 0.1), TrainConfig(), device)
+    optimizer = build_optimizer(model, TrainConfig(), device)
 
     def step() -> None:
         with autocast(device, dtype):

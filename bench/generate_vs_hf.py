@@ -11,7 +11,17 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from bench import Result, hf_twin, interleaved, model_config, table, threads_note, tokenizer, tstool_model
+from bench import (
+    Result,
+    devices,
+    hf_twin,
+    interleaved,
+    model_config,
+    table,
+    threads_note,
+    tokenizer,
+    tstool_model,
+)
 from tstool.config import GenerateConfig
 from tstool.generate import DEFAULT_PROMPTS, decode
 from tstool.model import TinyLlama
@@ -25,7 +35,7 @@ TARGET = 1.0
 @torch.inference_mode()
 def decode_without_cache(model: TinyLlama, prompt: list[int], new_tokens: int, eot_id: int) -> list[int]:
     """Greedy decoding that feeds the whole sequence every step: the cost the KV cache saves."""
-    idx = torch.tensor([prompt])
+    idx = torch.tensor([prompt], device=model.embed_tokens.weight.device)
     for _ in range(new_tokens):
         token = model(idx)[:, -1].argmax(dim=-1, keepdim=True)
         idx = torch.cat([idx, token], dim=1)
@@ -34,16 +44,17 @@ def decode_without_cache(model: TinyLlama, prompt: list[int], new_tokens: int, e
     return idx[0, len(prompt) :].tolist()
 
 
-def run(console: Console) -> Result:
-    tok, device = tokenizer(), torch.device("cpu")
+def measure(device: torch.device, console: Console) -> float:
+    """Time the three decoders on one device, print their table, return tstool (KV cache) over HF."""
+    tok = tokenizer()
     model = tstool_model(model_config(PRESET), tok.vocab_size, device).eval()
     prompt = tok.encode(DEFAULT_PROMPTS[0])
     settings = GenerateConfig(temperature=0.0, max_new_tokens=NEW_TOKENS)
-    generator = torch.Generator().manual_seed(0)  # unused by greedy decoding, required by the signature
+    generator = torch.Generator(device).manual_seed(0)  # unused by greedy decoding, required by the signature
     outputs: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         theirs = hf_twin(model, tok, Path(tmp) / "hf").eval()
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=device)
 
         def ours_cached() -> None:
             outputs["tstool, KV cache"] = decode(model, prompt, settings, generator, tok.eot_id)[0][0].tokens
@@ -70,12 +81,16 @@ def run(console: Console) -> Result:
     rate = {name: len(outputs[name]) / seconds.median(name) for name in seconds}
     # tokens/s ratio = time ratio, scaled by the tokens each side made (equal unless one stopped at EOS)
     versus_hf = {name: seconds.ratio(hf, name) * len(outputs[name]) / len(outputs[hf]) for name in seconds}
-    title = f"generate_vs_hf: {PRESET} preset, greedy, batch 1, prompt {len(prompt)} tokens"
+    title = f"generate_vs_hf: {PRESET} preset, greedy, batch 1, prompt {len(prompt)} tokens, {device.type}"
     report = table(title, "decoder", "new tokens", "tok/s (median)", "vs HF (paired median)", "same tokens as HF")
     for name, value in rate.items():
         same = outputs[name] == outputs[hf]
         report.add_row(name, str(len(outputs[name])), f"{value:,.0f}", f"{versus_hf[name]:.2f}", str(same))
     console.print(report)
+    return versus_hf["tstool, KV cache"]
+
+
+def run(console: Console) -> Result:
+    ratio = min(measure(device, console) for device in devices())
     threads_note(console)
-    ratio = versus_hf["tstool, KV cache"]
-    return Result("generate_vs_hf", ratio, "tok/s ratio (KV cache vs HF)", TARGET, ratio >= TARGET)
+    return Result("generate_vs_hf", ratio, "tok/s ratio (KV cache vs HF, min over devices)", TARGET, ratio >= TARGET)

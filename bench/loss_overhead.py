@@ -17,6 +17,7 @@ from bench import (
     Result,
     article_loss,
     batch,
+    devices,
     interleaved,
     model_config,
     plain_loss,
@@ -31,7 +32,8 @@ from tstool.config import ArticleConfig
 
 PRESET = "tiny"
 DTYPE = "fp32"
-BATCH = 4
+# CPU: a small batch keeps the run short; CUDA: the tiny preset's own batch, as `make train` runs it.
+BATCH = {"cpu": 4, "cuda": 16}
 REPEATS = 5
 TARGET = 1.03
 
@@ -50,11 +52,12 @@ def naive_loss(article_ids: list[int], weight: float) -> LossFn:
     return loss
 
 
-def run(console: Console) -> Result:
-    tok, device = tokenizer(), torch.device("cpu")
+def measure(device: torch.device, console: Console) -> float:
+    """Time the three losses in full steps on one device, print their table, return tstool over plain."""
+    tok = tokenizer()
     cfg = model_config(PRESET)
     model = tstool_model(cfg, tok.vocab_size, device)
-    x, y = batch(tok.vocab_size, BATCH, cfg.max_seq_len, device)
+    x, y = batch(tok.vocab_size, BATCH[device.type], cfg.max_seq_len, device)
     ids = resolve_articles(tok, ArticleConfig(), require_single=True).ids
     losses = {
         "plain F.cross_entropy": plain_loss,
@@ -63,11 +66,15 @@ def run(console: Console) -> Result:
     }
     seconds = interleaved({name: train_step(model, model, x, y, DTYPE, loss) for name, loss in losses.items()}, REPEATS)
     plain = "plain F.cross_entropy"
-    title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step"
+    title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}"
     report = table(title, "loss", "ms/step (median)", "vs plain (paired median)")
     for name in seconds:
         report.add_row(name, f"{seconds.median(name) * 1e3:.1f}", f"{seconds.ratio(name, plain):.3f}")
     console.print(report)
+    return seconds.ratio(f"tstool weighted (w={ARTICLE_WEIGHT:g})", plain)
+
+
+def run(console: Console) -> Result:
+    ratio = max(measure(device, console) for device in devices())
     threads_note(console)
-    ratio = seconds.ratio(f"tstool weighted (w={ARTICLE_WEIGHT:g})", plain)
-    return Result("loss_overhead", ratio, "step time ratio", TARGET, ratio <= TARGET)
+    return Result("loss_overhead", ratio, "step time ratio (max over devices)", TARGET, ratio <= TARGET)

@@ -73,8 +73,8 @@ def test_precedence_preset_file_set(cli_json, tmp_path: Path) -> None:
     from_file = cli_json("config", "show", config)
     assert (from_file["model"]["d_model"], from_file["train"]["lr"]) == (96, 0.002)
     assert from_file["model"]["n_layers"] == preset.model.n_layers, "keys the file leaves out come from the preset"
-    overridden = cli_json("config", "show", config, "--set", "model.d_model=128", "--set", "train.lr=6e-4")
-    assert (overridden["model"]["d_model"], overridden["train"]["lr"]) == (128, 0.0006)
+    overridden = cli_json("config", "show", config, "--set", "model.d_model=128", "--set", "train.lr=1e-3")
+    assert (overridden["model"]["d_model"], overridden["train"]["lr"]) == (128, 0.001)
 
 
 def test_precedence_with_a_cli_option(tmp_path: Path) -> None:

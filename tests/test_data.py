@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from tstool.config import DataConfig
-from tstool.data import Corpus, load_corpus, load_named_split, read_bundled, read_file, read_hf_dataset, split_stories
+from tstool.data import (
+    BUNDLED_VAL_STORIES,
+    Corpus,
+    load_corpus,
+    load_named_split,
+    read_bundled,
+    read_file,
+    read_hf_dataset,
+    split_stories,
+)
 from tstool.errors import InputError
 from tstool.tokenizer import EOT
 
@@ -86,8 +95,8 @@ def test_missing_and_folder_paths(tmp_path: Path) -> None:
 
 def test_bundled_splits_are_disjoint_and_stable() -> None:
     train, val = read_bundled("train"), read_bundled("val")
-    assert len(train) > 1000 and len(val) > 500
-    assert not set(train[:500]) & set(val)
+    assert len(val) == BUNDLED_VAL_STORIES and len(train) > 10 * len(val)
+    assert not set(train) & set(val)
     assert Corpus("a", train[:5]).fingerprint == Corpus("b", list(train[:5])).fingerprint
     assert Corpus("a", train[:5]).fingerprint != Corpus("a", train[1:6]).fingerprint
 

@@ -71,8 +71,11 @@ def test_ranks_take_disjoint_slices_of_each_global_batch() -> None:
 
 
 @pytest.mark.slow
-def test_short_real_run_learns_and_writes_a_self_describing_run(cli_json) -> None:
-    out = cli_json("train", *DEBUG, "--max-steps", 40, "--out-dir", "run", "--set", "train.log_interval=5")
+# Muon's update has AdamW's steady-state RMS (0.2 lr), smaller than Adam's first steps: it takes a higher lr.
+@pytest.mark.parametrize(("optimizer", "lr"), [("adamw", 3e-3), ("muon", 1e-2)])
+def test_short_real_run_learns_and_writes_a_self_describing_run(cli_json, optimizer: str, lr: float) -> None:
+    sets = ["--set", "train.log_interval=5", "--set", f"train.optimizer={optimizer}", "--set", f"train.lr={lr}"]
+    out = cli_json("train", *DEBUG, "--max-steps", 40, "--out-dir", "run", *sets)
     records = train_records(Path("run"))
     assert records[40]["loss_unweighted"] < records[5]["loss_unweighted"] - 1.0
     val = [r for r in read_metrics(Path("run/metrics.jsonl")) if r.get("split") == "val"]
@@ -89,8 +92,10 @@ def test_short_real_run_learns_and_writes_a_self_describing_run(cli_json) -> Non
 
 
 @pytest.mark.slow
-def test_resume_reproduces_the_uninterrupted_run_exactly(cli_json) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_reproduces_the_uninterrupted_run_exactly(cli_json, optimizer: str) -> None:
     common = [*DEBUG, "--max-steps", 16, "--set", "train.log_interval=1", "--set", "train.eval_interval=4"]
+    common += ["--set", f"train.optimizer={optimizer}"]
     common += ["--set", "train.ckpt_interval=100", "--set", "model.dropout=0.1", "--article-weight", 3]
     cli_json("train", *common, "--out-dir", "straight")
     cli_json("train", *common, "--out-dir", "split", "--stop-after", 7)

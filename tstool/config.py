@@ -106,7 +106,11 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of cosine decay.")
     warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on matrices (not norms or embeddings).")
+    weight_decay: float = Field(0.1, ge=0, description="Decay on weight matrices (not norms or embeddings).")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw for everything, or muon for hidden matrices with AdamW for the rest."
+    )
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's Nesterov momentum.")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global grad norm to this (0 = off).")

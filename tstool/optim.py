@@ -1,12 +1,19 @@
-"""AdamW and its schedule: linear warmup, then cosine decay to min_lr over the true step count."""
+"""Optimizers (AdamW, or Muon for hidden matrices beside AdamW) and the schedule: linear warmup, then
+cosine decay to min_lr over the true step count."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 
 from tstool.config import TrainConfig
+from tstool.model import param_groups
+
+# Quintic Newton-Schulz coefficients of Jordan et al.'s Muon: five steps bring every singular value near 1.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -18,7 +25,90 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def build_optimizer(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def orthogonalise(matrices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The nearest semi-orthogonal matrix to each of `matrices` (k, m, n), approximately U V^T of its SVD,
+    by Newton-Schulz iteration. Matrices of one shape go as one batch: a few large products, not many small."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrices.to(dtype)
+    wide = x.size(-2) <= x.size(-1)
+    x = x if wide else x.mT  # iterate on the smaller Gram matrix
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(NS_STEPS):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x if wide else x.mT).to(matrices.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum whose update is orthogonalised (Muon, Jordan et al. 2024), for 2-D weight matrices.
+
+    The update is scaled by 0.2*sqrt(max(rows, cols)) so that its RMS matches AdamW's, which lets Muon
+    share AdamW's learning rate and decoupled weight decay (Liu et al. 2025, "Muon is scalable for LLM
+    training"). Newton-Schulz runs in bf16 on CUDA and in fp32 elsewhere: most CPUs have no fast bf16 matmul.
+    """
+
+    def __init__(self, params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            by_shape: dict[torch.Size, list[nn.Parameter]] = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                updates = []
+                for p in params:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buffer = state["momentum_buffer"].mul_(momentum).add_(p.grad)
+                    updates.append(p.grad.add(buffer, alpha=momentum))
+                ns_dtype = torch.bfloat16 if params[0].device.type == "cuda" else torch.float32
+                orthogonal = orthogonalise(torch.stack(updates), ns_dtype)
+                scale = -lr * 0.2 * math.sqrt(max(shape))
+                for p, update in zip(params, orthogonal, strict=True):
+                    p.mul_(1 - lr * decay).add_(update, alpha=scale)
+
+
+class Optimizers:
+    """Several optimizers stepped as one, with the interface the trainer and GradScaler use."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+
+
+Optimizer = torch.optim.AdamW | Optimizers
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizer:
+    """AdamW over every parameter, or Muon over the hidden weight matrices and AdamW over the rest."""
+    decay, no_decay = param_groups(model, cfg.weight_decay)
     # The fused kernel is fastest where it exists (CUDA, and CPU in recent torch).
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW([decay, no_decay], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    muon = Muon(decay["params"], cfg.lr, cfg.weight_decay, cfg.muon_momentum)
+    adamw = torch.optim.AdamW([no_decay], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    return Optimizers(muon, adamw)

@@ -27,7 +27,7 @@ from tstool.health import HealthMonitor, ratio_band
 from tstool.hf_export import check_hf_folder, load_hf_weights
 from tstool.loss import LossParts, weighted_cross_entropy
 from tstool.metrics_log import MetricsLog
-from tstool.model import TinyLlama, flops_per_token, param_groups
+from tstool.model import TinyLlama, flops_per_token
 from tstool.optim import build_optimizer, learning_rate
 from tstool.packing import load_tokens, require_blocks
 from tstool.run_dir import RunDir
@@ -115,7 +115,7 @@ class Trainer:
 
         seed_everything(tc.seed)
         self.model = TinyLlama(cfg.model, self.tokenizer.vocab_size).to(self.device)
-        self.optimizer = build_optimizer(param_groups(self.model, tc.weight_decay), tc, self.device)
+        self.optimizer = build_optimizer(self.model, tc, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.dtype == "fp16")
         # The CPU copy gives each step's total weight from the targets before they reach the device.
         self.weight_table_cpu = self.articles.weight_table(tc.article_weight)
