@@ -201,3 +201,14 @@ def test_fewer_than_k_non_finite_steps_are_skipped_and_the_run_finishes(cli_json
     assert [(r["step"], r["bad_steps"]) for r in skipped(Path("run"))] == [(4, 1), (5, 2)]
     weights = ckpt.load_checkpoint(Path("run")).weights
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_pruning_clears_what_a_crash_mid_save_left_behind(tmp_path: Path) -> None:
+    saved = ckpt.save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"step": 1}, {})
+    root = tmp_path / ckpt.CKPT_DIR
+    (root / ".step-0000002.999.tmp").mkdir()  # killed while writing the next checkpoint
+    os.symlink("step-0000002", root / ".latest.999.tmp")  # killed between symlink and rename
+    os.symlink("step-0000001", root / ".best.999.tmp")
+    ckpt.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-0000001"]
+    assert (root / "latest").resolve() == saved.resolve()

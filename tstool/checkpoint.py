@@ -146,6 +146,8 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
             removed.append(path)
     for stale in ckpt_root.glob(".step-*.tmp"):  # left by a crash mid-save
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*ckpt_root.glob(".latest.*.tmp"), *ckpt_root.glob(".best.*.tmp")]:  # a crash mid-switch
+        stale.unlink(missing_ok=True)
     return removed
 
 

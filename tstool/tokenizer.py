@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,12 @@ class TextTokenizer:
         return self.backend.decode([token_id], skip_special_tokens=False)
 
     def save(self, directory: Path) -> Path:
+        """Write tokenizer.json through a temporary file, so a crash never leaves a truncated one."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "tokenizer.json"
-        self.backend.save(str(path))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.backend.save(str(tmp))
+        os.replace(tmp, path)
         return path
 
 
@@ -155,5 +159,7 @@ def write_meta(tokenizer: TextTokenizer, directory: Path, trained_on: str) -> Pa
         "trained_on": trained_on,
     }
     path = directory / "tokenizer_meta.json"
-    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path
