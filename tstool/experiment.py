@@ -12,13 +12,13 @@ OUT/report.md and OUT/report.json hold the same numbers; OUT/curves.png is `tsto
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from tstool import checkpoint as ckpt
+from tstool.atomic import write_text
 from tstool.compare import DEFAULT_MAX_BLOCKS, ROWS, Comparison, Emit, RunResult, compare_runs
 from tstool.config import Config, from_dict
 from tstool.errors import ConfigError, InputError, Interrupted, TstoolError
@@ -282,17 +282,8 @@ def run_experiment(
         findings={run.label: findings(base, run) for run in comparison.runs[1:]},
     )
     write_json_atomic(result.to_dict(), out_dir / REPORT_JSON)
-    _write_text_atomic(report_markdown(result), out_dir / REPORT_MD)
+    write_text(out_dir / REPORT_MD, report_markdown(result))
     return result
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- report.md --------------------------------------------------------------------------------------

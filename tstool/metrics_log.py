@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tstool.atomic import write_text
+
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All complete records; a torn last line (a crash mid-write) is skipped."""
@@ -29,9 +31,7 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step] if resume_step is not None else []
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._handle = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tstool.atomic import replacing, write_text
 from tstool.config import DataConfig
 from tstool.data import Corpus, Split, load_corpus
 from tstool.errors import InputError, TokenizerError
@@ -73,12 +74,9 @@ def _cache_key(corpus: Corpus, tokenizer: TextTokenizer, split: Split, limit: in
 
 def _write_atomic(path: Path, tokens: np.ndarray, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tokens.tofile(tmp)
-    os.replace(tmp, path)
-    meta_tmp = path.with_name(f".{path.name}.{os.getpid()}.json.tmp")
-    meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
-    os.replace(meta_tmp, path.with_suffix(".json"))
+    with replacing(path) as tmp:
+        tokens.tofile(tmp)
+    write_text(path.with_suffix(".json"), json.dumps(meta))
 
 
 def load_tokens(

@@ -6,12 +6,12 @@ figure is built on an Agg canvas without pyplot, so no global backend or figure 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tstool.atomic import replacing
 from tstool.errors import InputError, TstoolError
 from tstool.metrics_log import read_metrics
 from tstool.run_dir import METRICS_FILE
@@ -153,10 +153,6 @@ def plot_runs(paths: Sequence[Path], out: Path, labels: Sequence[str] | None = N
         fontsize="small",
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(out) as tmp:
         fig.savefig(tmp, format=fmt, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return runs

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from tstool import checkpoint as ckpt
+from tstool.atomic import write_text
 from tstool.config import Config
 from tstool.errors import CheckpointError, ConfigError
 from tstool.tokenizer import TextTokenizer, write_meta
@@ -87,9 +88,7 @@ class RunDir:
             shutil.rmtree(self.path / ckpt.CKPT_DIR, ignore_errors=True)
             self.metrics_path.unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_name(f".{CONFIG_FILE}.tmp")
-        tmp.write_text(cfg.to_yaml(), encoding="utf-8")
-        tmp.replace(self.config_path)
+        write_text(self.config_path, cfg.to_yaml())
         tokenizer.save(self.path)
         write_meta(tokenizer, self.path, tokenizer.source)
 

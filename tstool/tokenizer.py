@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from tstool.atomic import replacing, write_text
 from tstool.errors import TokenizerError
 
 EOT = "<|endoftext|>"
@@ -60,9 +60,8 @@ class TextTokenizer:
         """Write tokenizer.json through a temporary file, so a crash never leaves a truncated one."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "tokenizer.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.backend.save(str(tmp))
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            self.backend.save(str(tmp))
         return path
 
 
@@ -159,7 +158,5 @@ def write_meta(tokenizer: TextTokenizer, directory: Path, trained_on: str) -> Pa
         "trained_on": trained_on,
     }
     path = directory / "tokenizer_meta.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(meta, indent=2) + "\n")
     return path
