@@ -1,10 +1,12 @@
-"""Where and how training runs: device, autocast precision, seeding and the DDP process group."""
+"""Where and how training runs: device, autocast precision, host memory, seeding and the DDP process group."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +16,9 @@ import torch.distributed as dist
 from tstool.errors import DeviceError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# mallopt parameters from glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,24 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     if dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[dtype])
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed blocks of up to 1 GiB for reuse instead of handing them back to the OS.
+
+    By default every block over 32 MB is mapped afresh and unmapped when freed, and the top of the heap
+    is trimmed, so each training step's logits and their gradient (33.5 MB each in `tiny`) arrive as new
+    pages. Faulting those in costs about 15% of a `tiny` step on 2 CPU cores (README). With this, memory
+    stays at its peak through a run instead of going up and down every step. Returns False (and changes
+    nothing) where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
 def check_dtype(device: torch.device, dtype: str) -> None:

@@ -36,6 +36,7 @@ from tstool.runtime import (
     autocast,
     check_dtype,
     init_distributed,
+    keep_freed_memory,
     peak_matmul_flops,
     process_device,
     resolve_device,
@@ -90,6 +91,7 @@ class Trainer:
         tc = cfg.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        keep_freed_memory()
         device = resolve_device(tc.device)
         check_dtype(device, tc.dtype)
         self.ddp = init_distributed(device)
