@@ -12,12 +12,22 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from rich.console import Console
 
-from bench import Result, article_loss, batch, model_config, table, threads_note, tokenizer, train_step, tstool_model
+from bench import (
+    Result,
+    article_loss,
+    batch,
+    interleaved,
+    model_config,
+    table,
+    threads_note,
+    tokenizer,
+    train_step,
+    tstool_model,
+)
 from tstool.runtime import keep_freed_memory
 
 PRESET = "tiny"
@@ -36,13 +46,7 @@ def step_seconds(mode: str) -> float:
     x, y = batch(tok.vocab_size, BATCH, cfg.max_seq_len, device)
     model = tstool_model(cfg, tok.vocab_size, device)
     step = train_step(model, model, x, y, "fp32", article_loss(tok, device))
-    times = []
-    for index in range(WARMUP + STEPS):
-        start = time.perf_counter()
-        step()
-        if index >= WARMUP:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved({"step": step}, STEPS, warmup=WARMUP).median("step")
 
 
 def in_fresh_process(mode: str) -> float:
