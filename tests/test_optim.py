@@ -24,6 +24,21 @@ def test_orthogonalise_approximates_u_v_transpose(shape: tuple[int, int, int]) -
     assert (cosine > 0.95).all()
 
 
+@pytest.mark.parametrize("decades", [0, 6])
+def test_gram_form_matches_the_direct_iteration(decades: int) -> None:
+    # (40, 200) is 5x wider than tall, so float32 takes the Gram form; float64 iterates directly.
+    gen = torch.Generator().manual_seed(2)
+    left, _ = torch.linalg.qr(torch.randn(2, 40, 40, generator=gen, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(2, 200, 40, generator=gen, dtype=torch.float64))
+    spectrum = torch.logspace(0, -decades, 40, dtype=torch.float64)  # up to a 1e6 spread of singular values
+    matrices = (left * spectrum) @ right.mT
+    direct = orthogonalise(matrices, torch.float64)
+    gram = orthogonalise(matrices.float(), torch.float32).double()
+    assert ((gram - direct).norm() / direct.norm()).item() < 1e-3
+    tall = orthogonalise(matrices.mT.float(), torch.float32).double()
+    assert ((tall - direct.mT).norm() / direct.norm()).item() < 1e-3
+
+
 def test_muon_update_rms_matches_adamw_scale() -> None:
     weight = torch.nn.Parameter(torch.zeros(64, 256))
     weight.grad = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))

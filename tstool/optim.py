@@ -28,15 +28,44 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 def orthogonalise(matrices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The nearest semi-orthogonal matrix to each of `matrices` (k, m, n), approximately U V^T of its SVD,
     by Newton-Schulz iteration. Matrices of one shape go as one batch: a few large products, not many small."""
-    a, b, c = NS_COEFFICIENTS
     x = matrices.to(dtype)
     wide = x.size(-2) <= x.size(-1)
     x = x if wide else x.mT  # iterate on the smaller Gram matrix
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    # In fp32 the iteration can run on the small Gram matrix alone when the matrix is much wider than tall;
+    # bf16 is kept on the direct form, whose rounding errors do not compound through Gram powers.
+    iterate = _gram_newton_schulz if dtype == torch.float32 and x.size(-1) >= 2 * x.size(-2) else _newton_schulz
+    x = iterate(x)
+    return (x if wide else x.mT).to(matrices.dtype)
+
+
+def _newton_schulz(x: torch.Tensor) -> torch.Tensor:
+    """NS_STEPS quintic steps x <- a x + (b G + c G^2) x with G = x x^T, on wide x (k, m, n), m <= n."""
+    a, b, c = NS_COEFFICIENTS
     for _ in range(NS_STEPS):
         gram = x @ x.mT
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return (x if wide else x.mT).to(matrices.dtype)
+    return x
+
+
+def _gram_newton_schulz(x: torch.Tensor) -> torch.Tensor:
+    """The same iteration as `_newton_schulz`, carried out on (m, m) matrices: for an (m, n) x with n >> m,
+    far fewer FLOPs (1.9x fewer for 160 x 864), equal up to float rounding.
+
+    Each step multiplies x on the left by P = a I + b G + c G^2, a polynomial in G = x x^T. All those
+    polynomials are polynomials in the first Gram matrix, so they commute: after a step x' = P x has
+    Gram matrix P G P = P^2 G, and the steps' product Q = P_k ... P_1 gives the result Q x at the end.
+    """
+    a, b, c = NS_COEFFICIENTS
+    gram = x @ x.mT
+    product = None
+    for step in range(NS_STEPS):
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        poly.diagonal(dim1=-2, dim2=-1).add_(a)
+        product = poly if product is None else poly @ product
+        if step < NS_STEPS - 1:
+            gram = poly @ poly @ gram
+    return product @ x
 
 
 class Muon(torch.optim.Optimizer):
