@@ -176,10 +176,12 @@ def train_step(
     y: torch.Tensor,
     dtype: str,
     loss: LossFn = plain_loss,
+    train: TrainConfig | None = None,
 ) -> Callable[[], None]:
-    """One optimizer step as tstool trains: autocast forward, loss, backward, tstool's (fused) AdamW."""
+    """One optimizer step as tstool trains: autocast forward, loss, backward, and the optimizer of
+    `train` (default: tstool's fused AdamW)."""
     device = x.device
-    optimizer = build_optimizer(model, TrainConfig(), device)
+    optimizer = build_optimizer(model, train or TrainConfig(), device)
 
     def step() -> None:
         with autocast(device, dtype):

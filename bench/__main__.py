@@ -10,7 +10,16 @@ from rich.console import Console
 
 from tstool.runtime import keep_freed_memory
 
-BENCHMARKS = ("train_vs_hf", "mfu_cpu", "loss_overhead", "freed_memory", "data", "generate_vs_hf", "memory")
+BENCHMARKS = (
+    "train_vs_hf",
+    "mfu_cpu",
+    "loss_overhead",
+    "freed_memory",
+    "muon_gram",
+    "data",
+    "generate_vs_hf",
+    "memory",
+)
 
 
 def main(names: list[str]) -> int:

@@ -26,17 +26,21 @@ def test_orthogonalise_approximates_u_v_transpose(shape: tuple[int, int, int]) -
 
 @pytest.mark.parametrize("decades", [0, 6])
 def test_gram_form_matches_the_direct_iteration(decades: int) -> None:
-    # (40, 200) is 5x wider than tall, so float32 takes the Gram form; float64 iterates directly.
     gen = torch.Generator().manual_seed(2)
     left, _ = torch.linalg.qr(torch.randn(2, 40, 40, generator=gen, dtype=torch.float64))
     right, _ = torch.linalg.qr(torch.randn(2, 200, 40, generator=gen, dtype=torch.float64))
     spectrum = torch.logspace(0, -decades, 40, dtype=torch.float64)  # up to a 1e6 spread of singular values
-    matrices = (left * spectrum) @ right.mT
-    direct = orthogonalise(matrices, torch.float64)
-    gram = orthogonalise(matrices.float(), torch.float32).double()
-    assert ((gram - direct).norm() / direct.norm()).item() < 1e-3
-    tall = orthogonalise(matrices.mT.float(), torch.float32).double()
-    assert ((tall - direct.mT).norm() / direct.norm()).item() < 1e-3
+    wide = (left * spectrum) @ right.mT  # (2, 40, 200)
+    for matrices in (wide, wide.mT):
+        direct = orthogonalise(matrices, torch.float64, gram=False)
+        torch.testing.assert_close(orthogonalise(matrices, torch.float64, gram=True), direct, rtol=0, atol=1e-9)
+        # what Muon runs on the CPU: float32, where a 5x wider matrix takes the Gram form by default
+        automatic = orthogonalise(matrices.float(), torch.float32)
+        assert torch.equal(automatic, orthogonalise(matrices.float(), torch.float32, gram=True))
+        assert ((automatic.double() - direct).norm() / direct.norm()).item() < 1e-3
+        # bf16 keeps the direct form
+        bf16 = matrices.bfloat16()
+        assert torch.equal(orthogonalise(bf16, torch.bfloat16), orthogonalise(bf16, torch.bfloat16, gram=False))
 
 
 def test_muon_update_rms_matches_adamw_scale() -> None:

@@ -25,17 +25,21 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def orthogonalise(matrices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def orthogonalise(matrices: torch.Tensor, dtype: torch.dtype, gram: bool | None = None) -> torch.Tensor:
     """The nearest semi-orthogonal matrix to each of `matrices` (k, m, n), approximately U V^T of its SVD,
-    by Newton-Schulz iteration. Matrices of one shape go as one batch: a few large products, not many small."""
+    by Newton-Schulz iteration. Matrices of one shape go as one batch: a few large products, not many small.
+
+    `gram` picks the iteration's form (`_gram_newton_schulz` or `_newton_schulz`, equal up to rounding);
+    None chooses the faster one that is safe for `dtype`."""
     x = matrices.to(dtype)
     wide = x.size(-2) <= x.size(-1)
     x = x if wide else x.mT  # iterate on the smaller Gram matrix
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
-    # In fp32 the iteration can run on the small Gram matrix alone when the matrix is much wider than tall;
-    # bf16 is kept on the direct form, whose rounding errors do not compound through Gram powers.
-    iterate = _gram_newton_schulz if dtype == torch.float32 and x.size(-1) >= 2 * x.size(-2) else _newton_schulz
-    x = iterate(x)
+    if gram is None:
+        # The Gram form pays off once the matrix is much wider than tall. In bf16 its rounding errors
+        # compound through powers of the Gram matrix, so bf16 keeps the direct form.
+        gram = dtype == torch.float32 and x.size(-1) >= 2 * x.size(-2)
+    x = _gram_newton_schulz(x) if gram else _newton_schulz(x)
     return (x if wide else x.mT).to(matrices.dtype)
 
 
