@@ -16,6 +16,7 @@ BENCHMARKS = (
     "loss_overhead",
     "freed_memory",
     "muon_gram",
+    "bf16_linear",
     "data",
     "generate_vs_hf",
     "memory",

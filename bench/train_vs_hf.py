@@ -32,7 +32,7 @@ DTYPES = ("fp32", "bf16")
 # Sequences of max_seq_len per step, and timed steps per side, sized so that all cases take about two
 # minutes on 2 cores; bf16 steps are 5-10x slower on CPUs without bf16 hardware: smaller batches.
 BATCH = {("tiny", "fp32"): 4, ("small", "fp32"): 2, ("tiny", "bf16"): 2, ("small", "bf16"): 1}
-REPEATS = {"fp32": 5, "bf16": 3}
+REPEATS = {"fp32": 9, "bf16": 5}
 TARGET = 1.0
 
 

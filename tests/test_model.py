@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tstool.config import ModelConfig
-from tstool.model import Model, flops_per_token, hf_state_dict, param_groups
+from tstool.model import Linear, Model, flops_per_token, hf_state_dict, param_groups
 
 VOCAB = 97
 MHA = dict(d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=32)
@@ -111,6 +111,26 @@ def test_dropout_only_in_training() -> None:
 
 def ids(group: dict) -> set[int]:
     return {id(p) for p in group["params"]}
+
+
+def test_bf16_cpu_linear_matches_nn_linear() -> None:
+    # Under CPU bf16 autocast `Linear` takes its own backward; its results must be nn.Linear's.
+    model = make_model().train()
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    grads = []
+    for use_own_backward in (True, False):
+        if not use_own_backward:  # the same weights through plain nn.Linear
+            for module in model.modules():
+                if isinstance(module, Linear):
+                    module.forward = lambda x, m=module: F.linear(x, m.weight)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(idx)
+        assert logits.dtype == torch.bfloat16
+        logits.float().logsumexp(-1).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for ours, reference in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=0.05, atol=1e-3 * reference.abs().max().item())
 
 
 def test_param_groups_decay_only_linear_matrices() -> None:

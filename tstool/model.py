@@ -15,12 +15,47 @@ unchanged and give the same logits (`hf_state_dict` does the mapping).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tstool.config import ModelConfig
+
+
+class _LinearBF16CPU(torch.autograd.Function):
+    """y = x W^T in bf16 on the CPU, whose input gradient multiplies by a transposed copy of W.
+
+    On CPUs without bf16 matrix units, oneDNN's bf16 product grad @ W with both operands row-major is
+    about 7x slower than the same product with W transposed in memory (`python -m bench bf16_linear`);
+    copying the (out, in) weight costs a small fraction of the difference. fp32 never comes here.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad @ weight.t().contiguous().t() if ctx.needs_input_grad[0] else None
+        grad_w = grad.flatten(0, -2).t() @ x.flatten(0, -2) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
+class Linear(nn.Linear):
+    """nn.Linear without bias whose backward avoids the CPU's slow bf16 layout under CPU bf16 autocast."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cpu_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        if cpu_bf16 and x.device.type == "cpu":
+            return _LinearBF16CPU.apply(x.to(torch.bfloat16), self.weight.to(torch.bfloat16))
+        return F.linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -87,8 +122,8 @@ class Attention(nn.Module):
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.dropout = cfg.dropout
         # rows: [q_proj; k_proj; v_proj] of HF Llama
-        self.qkv_proj = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.qkv_proj = Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim)
+        self.o_proj = Linear(cfg.n_heads * cfg.head_dim, cfg.d_model)
 
     def forward(
         self,
@@ -128,8 +163,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         # rows: [gate_proj; up_proj] of HF Llama
-        self.gate_up_proj = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+        self.gate_up_proj = Linear(cfg.d_model, 2 * cfg.ffn_hidden)
+        self.down_proj = Linear(cfg.ffn_hidden, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, T, ffn_hidden) each
@@ -171,7 +206,7 @@ class TinyLlama(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, vocab_size)
         self.lm_head.weight = self.embed_tokens.weight
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         # Derived from the config, so kept out of checkpoints.
