@@ -27,21 +27,20 @@ from bench import (
 )
 from tstool.config import resolve
 from tstool.model import param_groups
-from tstool.optim import orthogonalise
+from tstool.optim import by_shape, orthogonalise
 
 PRESET = "tiny"
 REPEATS = 20
 TARGET = 1.0
 
 
-def update_stacks(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Random stand-ins for one step's Muon updates: one (count, rows, cols) stack per matrix shape."""
+def update_stacks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Random stand-ins for one step's Muon updates, stacked per matrix shape as `Muon.step` stacks them,
+    named "count × rows × cols"."""
     decay, _ = param_groups(model, 0.0)
-    shapes: dict[torch.Size, int] = {}
-    for param in decay["params"]:
-        shapes[param.shape] = shapes.get(param.shape, 0) + 1
     gen = torch.Generator().manual_seed(0)
-    return [torch.randn(count, *shape, generator=gen) for shape, count in shapes.items()]
+    stacks = (torch.randn(len(params), *shape, generator=gen) for shape, params in by_shape(decay["params"]).items())
+    return {" × ".join(map(str, stack.shape)): stack for stack in stacks}
 
 
 def run(console: Console) -> Result:
@@ -49,8 +48,7 @@ def run(console: Console) -> Result:
     model = tstool_model(cfg.model, tok.vocab_size, device)
     stacks = update_stacks(model)
     sides = {}
-    for stack in stacks:
-        name = " × ".join(map(str, stack.shape))
+    for name, stack in stacks.items():
         sides[f"{name} direct"] = lambda s=stack: orthogonalise(s, torch.float32, gram=False)
         sides[f"{name} Gram"] = lambda s=stack: orthogonalise(s, torch.float32)
     seconds = interleaved(sides, REPEATS, warmup=2)
@@ -61,8 +59,7 @@ def run(console: Console) -> Result:
     title = f"muon_gram: Newton-Schulz on the {PRESET} preset's Muon updates (stacked per shape), fp32, cpu"
     report = table(title, "matrices", "direct ms", "Gram form ms", "direct/Gram (paired median)")
     direct_total = gram_total = 0.0
-    for stack in stacks:
-        name = " × ".join(map(str, stack.shape))
+    for name in stacks:
         direct, gram = seconds.median(f"{name} direct"), seconds.median(f"{name} Gram")
         direct_total, gram_total = direct_total + direct, gram_total + gram
         paired = seconds.ratio(f"{name} direct", f"{name} Gram")

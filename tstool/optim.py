@@ -72,6 +72,14 @@ def _gram_newton_schulz(x: torch.Tensor) -> torch.Tensor:
     return product @ x
 
 
+def by_shape(params: list[nn.Parameter]) -> dict[torch.Size, list[nn.Parameter]]:
+    """`params` grouped by shape, in first-seen order: Muon orthogonalises each group as one stacked batch."""
+    groups: dict[torch.Size, list[nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault(p.shape, []).append(p)
+    return groups
+
+
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum whose update is orthogonalised (Muon, Jordan et al. 2024), for 2-D weight matrices.
 
@@ -87,11 +95,7 @@ class Muon(torch.optim.Optimizer):
     def step(self) -> None:  # type: ignore[override]
         for group in self.param_groups:
             lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
-            by_shape: dict[torch.Size, list[nn.Parameter]] = {}
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_shape.setdefault(p.shape, []).append(p)
-            for shape, params in by_shape.items():
+            for shape, params in by_shape([p for p in group["params"] if p.grad is not None]).items():
                 updates = []
                 for p in params:
                     state = self.state[p]
