@@ -23,7 +23,7 @@ from torch import nn
 
 from tstool.articles import resolve_articles
 from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
-from tstool.loss import weighted_cross_entropy
+from tstool.loss import LossTables, weighted_cross_entropy
 from tstool.model import TinyLlama
 from tstool.optim import build_optimizer
 from tstool.runtime import autocast
@@ -160,10 +160,10 @@ def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def article_loss(tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT) -> LossFn:
     """tstool's training loss: weighted CE with the article weight table, and its article breakdown."""
     articles = resolve_articles(tok, ArticleConfig(), require_single=True)
-    table_, mask = articles.weight_table(weight).to(device), articles.mask_table().to(device)
+    tables = LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        parts = weighted_cross_entropy(logits, targets, table_, mask)
+        parts = weighted_cross_entropy(logits, targets, tables)
         return parts.weighted_sum / parts.weight_sum
 
     return loss

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tstool.config import ModelConfig
-from tstool.loss import LossParts, _article_correct, weighted_cross_entropy, weighted_loss
+from tstool.loss import ARTICLE, CE, COUNT, HITS, OTHER, LossParts, LossTables, _article_hits, weighted_cross_entropy
 from tstool.model import Model
 
 VOCAB = 50
@@ -13,12 +13,21 @@ ARTICLES = [3, 7, 11]
 IGNORE = -100
 
 
-def tables(article_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_table(article_weight: float) -> torch.Tensor:
     weights = torch.ones(VOCAB)
     weights[ARTICLES] = article_weight
+    return weights
+
+
+def tables(article_weight: float) -> LossTables:
     mask = torch.zeros(VOCAB, dtype=torch.bool)
     mask[ARTICLES] = True
-    return weights, mask
+    return LossTables.build(weight_table(article_weight), mask)
+
+
+def weighted_mean(logits: torch.Tensor, targets: torch.Tensor, article_weight: float) -> torch.Tensor:
+    parts = weighted_cross_entropy(logits, targets, tables(article_weight))
+    return parts.weighted_sum / parts.weight_sum.float()
 
 
 def batch(seed: int = 0, shape: tuple[int, int] = (4, 12)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,14 +45,14 @@ def batch(seed: int = 0, shape: tuple[int, int] = (4, 12)) -> tuple[torch.Tensor
 
 def test_weight_one_equals_cross_entropy() -> None:
     logits, targets = batch()
-    loss = weighted_loss(logits, targets, *tables(1.0))
+    loss = weighted_mean(logits, targets, 1.0)
     expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
 
 
 def test_weighted_loss_by_hand() -> None:
     logits, targets = batch()
-    weights, mask = tables(4.0)
+    weights = weight_table(4.0)
     num = den = 0.0
     for row_logits, row_targets in zip(logits.flatten(0, 1), targets.flatten(), strict=True):
         y = int(row_targets)
@@ -52,12 +61,12 @@ def test_weighted_loss_by_hand() -> None:
         ce = -torch.log_softmax(row_logits, dim=-1)[y].item()
         num += float(weights[y]) * ce
         den += float(weights[y])
-    assert weighted_loss(logits, targets, weights, mask).item() == pytest.approx(num / den, rel=1e-6)
+    assert weighted_mean(logits, targets, 4.0).item() == pytest.approx(num / den, rel=1e-6)
 
 
 def test_article_breakdown_by_hand() -> None:
     logits, targets = batch()
-    parts = weighted_cross_entropy(logits, targets, *tables(2.0))
+    parts = weighted_cross_entropy(logits, targets, tables(2.0))
     flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
     valid = flat_targets != IGNORE
     ce = F.cross_entropy(flat_logits[valid], flat_targets[valid], reduction="none")
@@ -66,12 +75,12 @@ def test_article_breakdown_by_hand() -> None:
     n_tokens, n_articles, n_correct = int(valid.sum()), int(is_article.sum()), int(correct.sum())
     assert n_tokens == 46 and 12 <= n_articles < n_tokens and 2 <= n_correct < n_articles
     assert parts.token_count.item() == n_tokens
-    assert parts.article_count.item() == n_articles
-    assert parts.other_count.item() == n_tokens - n_articles
-    assert parts.article_correct.item() == n_correct
-    torch.testing.assert_close(parts.article_ce_sum, ce[is_article].sum())
-    torch.testing.assert_close(parts.other_ce_sum, ce[~is_article].sum())
-    torch.testing.assert_close(parts.weight_sum, torch.tensor(n_tokens + (2.0 - 1.0) * n_articles))
+    assert parts.totals[ARTICLE, COUNT].item() == n_articles
+    assert parts.totals[OTHER, COUNT].item() == n_tokens - n_articles
+    assert parts.totals[ARTICLE, HITS].item() == n_correct
+    torch.testing.assert_close(parts.totals[ARTICLE, CE], ce[is_article].sum().double())
+    torch.testing.assert_close(parts.totals[OTHER, CE], ce[~is_article].sum().double())
+    assert parts.weight_sum.item() == n_tokens + (2.0 - 1.0) * n_articles
     metrics = parts.metrics()
     assert metrics["article_loss"] == pytest.approx(ce[is_article].mean().item(), rel=1e-6)
     assert metrics["other_loss"] == pytest.approx(ce[~is_article].mean().item(), rel=1e-6)
@@ -81,45 +90,49 @@ def test_article_breakdown_by_hand() -> None:
     assert (metrics["tokens"], metrics["article_tokens"]) == (n_tokens, n_articles)
 
 
-def test_article_accuracy_gather_and_full_argmax_agree() -> None:
+def test_article_hits_of_article_rows_and_of_all_rows_agree() -> None:
     logits, targets = batch()
     flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
+    flat_logits[5] = 0.0  # a row where the target ties every other token still counts as a hit
+    flat_targets[5] = ARTICLES[0]
     is_article = torch.isin(flat_targets, torch.tensor(ARTICLES))
-    gathered = _article_correct(flat_logits, flat_targets, is_article, gather=True)
-    assert gathered.item() >= 2
-    assert torch.equal(gathered, _article_correct(flat_logits, flat_targets, is_article, gather=False))
+    article_rows = _article_hits(flat_logits, flat_targets, is_article, all_rows=False)
+    expected = ((flat_logits.argmax(-1) == flat_targets) & is_article).float()
+    expected[5] = 1.0
+    assert article_rows.sum().item() >= 3
+    assert torch.equal(article_rows, expected)
+    assert torch.equal(_article_hits(flat_logits, flat_targets, is_article, all_rows=True), expected)
 
 
 def test_missing_articles_give_none() -> None:
     logits, targets = batch()
     targets = targets.masked_fill(torch.isin(targets, torch.tensor(ARTICLES)), 0)
-    metrics = weighted_cross_entropy(logits, targets, *tables(3.0)).metrics()
+    metrics = weighted_cross_entropy(logits, targets, tables(3.0)).metrics()
     assert metrics["article_loss"] is None and metrics["ratio"] is None and metrics["article_acc"] is None
     assert metrics["article_tokens"] == 0 and metrics["other_loss"] is not None
-    all_ignored = weighted_cross_entropy(logits, torch.full_like(targets, IGNORE), *tables(3.0)).metrics()
+    all_ignored = weighted_cross_entropy(logits, torch.full_like(targets, IGNORE), tables(3.0)).metrics()
     assert all_ignored["loss"] is None and all_ignored["tokens"] == 0
 
 
 def test_halves_accumulate_to_full_batch() -> None:
     logits, targets = batch(shape=(6, 10))
-    weights, mask = tables(3.0)
-    full = weighted_cross_entropy(logits, targets, weights, mask)
-    halves = weighted_cross_entropy(logits[:3], targets[:3], weights, mask) + weighted_cross_entropy(
-        logits[3:], targets[3:], weights, mask
+    full = weighted_cross_entropy(logits, targets, tables(3.0))
+    halves = weighted_cross_entropy(logits[:3], targets[:3], tables(3.0)) + weighted_cross_entropy(
+        logits[3:], targets[3:], tables(3.0)
     )
     torch.testing.assert_close(halves.as_vector(), full.as_vector())
     assert halves.metrics() == pytest.approx(full.metrics())
 
 
 def test_vector_round_trip() -> None:
-    parts = weighted_cross_entropy(*batch(), *tables(2.0))
+    parts = weighted_cross_entropy(*batch(), tables(2.0))
     again = LossParts.from_vector(parts.as_vector())
     assert again.metrics() == parts.metrics()
 
 
 def test_bf16_logits_are_upcast() -> None:
     logits, targets = batch()
-    parts = weighted_cross_entropy(logits.bfloat16(), targets, *tables(1.0))
+    parts = weighted_cross_entropy(logits.bfloat16(), targets, tables(1.0))
     assert parts.weighted_sum.dtype == torch.float32
     expected = F.cross_entropy(logits.bfloat16().float().flatten(0, 1), targets.flatten(), reduction="sum")
     torch.testing.assert_close(parts.weighted_sum, expected)
@@ -138,7 +151,7 @@ def test_gradient_with_weight_one_equals_cross_entropy() -> None:
     model = small_model()
     idx = torch.randint(0, VOCAB, (3, 16))
     _, targets = batch(shape=(3, 16))
-    parts = weighted_cross_entropy(model(idx), targets, *tables(1.0))
+    parts = weighted_cross_entropy(model(idx), targets, tables(1.0))
     (parts.weighted_sum / parts.weight_sum).backward()
     ours = grads(model)
     model.zero_grad()
@@ -150,17 +163,17 @@ def test_gradient_with_weight_one_equals_cross_entropy() -> None:
 def test_accumulated_micro_batches_match_one_large_batch() -> None:
     """Dividing each micro-batch's weighted sum by the step's total weight gives the full batch's gradient."""
     model = small_model()
-    weights, mask = tables(5.0)
+    weights = weight_table(5.0)
     idx = torch.randint(0, VOCAB, (8, 16))
     _, targets = batch(shape=(8, 16))
-    full = weighted_cross_entropy(model(idx), targets, weights, mask)
+    full = weighted_cross_entropy(model(idx), targets, tables(5.0))
     (full.weighted_sum / full.weight_sum).backward()
     expected = grads(model)
     model.zero_grad()
     total_weight = (weights[targets.clamp_min(0)] * (targets != IGNORE)).sum()
     accumulated = None
     for micro_idx, micro_targets in zip(idx.chunk(4), targets.chunk(4), strict=True):
-        parts = weighted_cross_entropy(model(micro_idx), micro_targets, weights, mask)
+        parts = weighted_cross_entropy(model(micro_idx), micro_targets, tables(5.0))
         (parts.weighted_sum / total_weight).backward()
         accumulated = parts.detach() if accumulated is None else accumulated + parts.detach()
     for a, b in zip(grads(model), expected, strict=True):

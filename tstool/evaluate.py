@@ -27,7 +27,7 @@ from tstool.config import DataConfig
 from tstool.data import Split
 from tstool.errors import InputError
 from tstool.inference import LoadedModel
-from tstool.loss import LossParts, weighted_cross_entropy
+from tstool.loss import ARTICLE, HITS, LossParts, LossTables, weighted_cross_entropy
 from tstool.packing import Progress, load_tokens, require_blocks
 from tstool.probes import DEFAULT_CONTEXTS, ShiftProbe, SlotProbe, shift_sums, shift_verdict, slot_probes
 from tstool.train import metrics_from_parts
@@ -84,7 +84,7 @@ class EvalSums:
     def metrics(self, bytes_per_token: float) -> dict[str, float | int | None]:
         base = metrics_from_parts(self.loss)
         art = {f.name: float(getattr(self.articles, f.name)) for f in fields(self.articles)}
-        targets, correct = base["article_tokens"], float(self.loss.article_correct)
+        targets, correct = base["article_tokens"], float(self.loss.totals[ARTICLE, HITS])
 
         def share(part: float, whole: float) -> float | None:
             return part / whole if whole else None
@@ -116,10 +116,9 @@ class EvalSums:
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tensor) -> EvalSums:
     """Pure: the sums of logits (B, T, V) against next-token targets y (B, T) from `split_block`."""
-    ones = torch.ones(article_mask.numel(), device=logits.device)
     shift, count = shift_sums(logits, y)
     return EvalSums(
-        loss=weighted_cross_entropy(logits, y, ones, article_mask),
+        loss=weighted_cross_entropy(logits, y, LossTables.unweighted(article_mask)),
         articles=article_sums(logits, y, article_mask),
         shift=shift,
         shift_count=count,

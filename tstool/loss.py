@@ -4,130 +4,164 @@ Per-token CE is computed once, in float32, and every number derives from it. Sum
 are returned so the training loop can divide by the total weight of a whole optimizer step (all
 micro-batches, all ranks): the mean of per-micro-batch means would weight short batches wrongly.
 With a weight table of ones the weighted loss is plain cross-entropy through the same code path.
+
+The breakdown costs a fixed handful of tensor operations, whatever the batch: each target's category
+(other, article, ignored) and weight come from one lookup each in `LossTables`, and one `index_add_`
+sums CE, weight and count per category. On a GPU, where a small model's step is bound by how many
+operations are launched, not by arithmetic, this count is what the breakdown costs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+# Rows of `LossParts.totals`: the category of a target. Ignored targets are summed into a third row
+# that is dropped, so that no masking is needed.
+OTHER, ARTICLE, IGNORED = 0, 1, 2
+# Columns of `LossParts.totals`: sums of CE, of weight, of targets, and of top-1 hits (articles only).
+CE, WEIGHT, COUNT, HITS = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class LossTables:
+    """Per-target lookups indexed by target ID, with one extra slot, index V, for ignored targets."""
+
+    weight: torch.Tensor  # (V + 1,) float32: the loss weight of each target; 0 when ignored
+    category: torch.Tensor  # (V + 1,) int64: OTHER or ARTICLE; IGNORED at index V
+
+    @classmethod
+    def build(cls, weight_table: torch.Tensor, article_mask: torch.Tensor) -> LossTables:
+        """From weight_table (V,) float (`ArticleSet.weight_table`) and article_mask (V,) bool (`mask_table`)."""
+        weight = torch.cat([weight_table.float(), weight_table.new_zeros(1, dtype=torch.float32)])
+        category = torch.cat(
+            [torch.where(article_mask, ARTICLE, OTHER), torch.full((1,), IGNORED, device=article_mask.device)]
+        )
+        return cls(weight, category)
+
+    @classmethod
+    def unweighted(cls, article_mask: torch.Tensor) -> LossTables:
+        """Weight 1 for every target: plain CE with the article breakdown (evaluation, self-checks)."""
+        return cls.build(torch.ones(article_mask.shape, device=article_mask.device), article_mask)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.numel() - 1
+
+    def to(self, device: torch.device) -> LossTables:
+        return LossTables(self.weight.to(device), self.category.to(device))
+
 
 @dataclass
 class LossParts:
-    """0-d tensor sums over the non-ignored targets of one or more batches.
+    """Sums over the non-ignored targets of one or more batches.
 
-    Only `weighted_sum` carries gradient. Counts are int64, sums float32.
+    `weighted_sum` (0-d float32) is the only tensor that carries gradient. `totals` (2, 4) float64 holds,
+    for rows OTHER and ARTICLE, the sums of CE, weight, targets and top-1 hits (counted for articles
+    only); float64 keeps counts exact far beyond any run.
     """
 
-    weighted_sum: torch.Tensor  # sum(w * ce)
-    weight_sum: torch.Tensor  # sum(w)
-    ce_sum: torch.Tensor  # sum(ce), unweighted
-    token_count: torch.Tensor
-    article_ce_sum: torch.Tensor
-    article_count: torch.Tensor
-    other_ce_sum: torch.Tensor
-    other_count: torch.Tensor
-    article_correct: torch.Tensor  # article targets that are the top-1 prediction
+    weighted_sum: torch.Tensor
+    totals: torch.Tensor
+
+    VECTOR_SIZE = 9  # weighted_sum, then the totals row by row
 
     def __add__(self, other: LossParts) -> LossParts:
-        return LossParts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+        return LossParts(self.weighted_sum + other.weighted_sum, self.totals + other.totals)
 
     def detach(self) -> LossParts:
         """A copy without autograd history, to accumulate across micro-steps without keeping graphs alive."""
-        return LossParts(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
+        return LossParts(self.weighted_sum.detach(), self.totals)
 
     def as_vector(self) -> torch.Tensor:
-        """All fields in one float64 vector (exact for counts), e.g. for a single all-reduce across ranks."""
-        return torch.stack([getattr(self, f.name).detach().double() for f in fields(self)])
+        """Every sum in one float64 vector (exact for counts), e.g. for a single all-reduce across ranks."""
+        return torch.cat([self.weighted_sum.detach().double().reshape(1), self.totals.flatten()])
 
     @classmethod
     def from_vector(cls, vector: torch.Tensor) -> LossParts:
         """Inverse of `as_vector`."""
-        return cls(**{f.name: value for f, value in zip(fields(cls), vector.unbind(), strict=True)})
+        return cls(vector[0], vector[1:].view(2, 4))
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> LossParts:
+        """The empty sum, to accumulate into."""
+        return cls.from_vector(torch.zeros(cls.VECTOR_SIZE, dtype=torch.float64, device=device))
+
+    @property
+    def weight_sum(self) -> torch.Tensor:
+        return self.totals[:, WEIGHT].sum()
+
+    @property
+    def ce_sum(self) -> torch.Tensor:
+        """Unweighted CE summed over every target."""
+        return self.totals[:, CE].sum()
+
+    @property
+    def token_count(self) -> torch.Tensor:
+        return self.totals[:, COUNT].sum()
 
     def metrics(self) -> dict[str, float | int | None]:
         """Plain-number metrics; a mean over no tokens is None. One device-to-host transfer."""
-        values = dict(zip((f.name for f in fields(self)), self.as_vector().tolist(), strict=True))
+        weighted_sum, *totals = self.as_vector().tolist()
+        other, article = totals[:4], totals[4:]  # each indexed by CE, WEIGHT, COUNT, HITS
 
         def mean(total: float, count: float) -> float | None:
             return total / count if count else None
 
-        article_loss = mean(values["article_ce_sum"], values["article_count"])
-        other_loss = mean(values["other_ce_sum"], values["other_count"])
+        article_loss = mean(article[CE], article[COUNT])
+        other_loss = mean(other[CE], other[COUNT])
         ratio = article_loss / other_loss if article_loss is not None and other_loss else None
+        weight_sum = other[WEIGHT] + article[WEIGHT]
         return {
-            "loss": mean(values["weighted_sum"], values["weight_sum"]),
-            "loss_unweighted": mean(values["ce_sum"], values["token_count"]),
+            "loss": mean(weighted_sum, weight_sum),
+            "loss_unweighted": mean(other[CE] + article[CE], other[COUNT] + article[COUNT]),
             "article_loss": article_loss,
             "other_loss": other_loss,
             "ratio": ratio,
-            "article_acc": mean(values["article_correct"], values["article_count"]),
-            "tokens": int(values["token_count"]),
-            "article_tokens": int(values["article_count"]),
-            "weight_sum": values["weight_sum"],
+            "article_acc": mean(article[HITS], article[COUNT]),
+            "tokens": int(other[COUNT] + article[COUNT]),
+            "article_tokens": int(article[COUNT]),
+            "weight_sum": weight_sum,
         }
 
 
-def _article_correct(
-    logits: torch.Tensor, targets: torch.Tensor, is_article: torch.Tensor, gather: bool
+def _article_hits(
+    logits: torch.Tensor, targets: torch.Tensor, is_article: torch.Tensor, all_rows: bool
 ) -> torch.Tensor:
-    """Count of article targets that are the argmax of their row; logits (N, V), targets/is_article (N,).
+    """1.0 for each article target that is a top-1 prediction of its row (a tie counts), else 0.0; (N,).
 
-    With `gather`, only article rows (a few percent) are argmaxed; without, every row is, which avoids
-    the host sync that boolean indexing forces on an accelerator.
+    Comparing the target's logit with the row maximum is several times faster than argmax on CPUs.
+    Without `all_rows` only the article rows (a few percent) are read, after a host sync that costs
+    nothing on the CPU; with it every row is, which is how an accelerator avoids the sync.
     """
-    if gather:
-        return (logits[is_article].argmax(dim=-1) == targets[is_article]).sum()
-    return ((logits.argmax(dim=-1) == targets) & is_article).sum()
+    if not all_rows:
+        rows = is_article.nonzero().squeeze(1)
+        logits, article_targets = logits.index_select(0, rows), targets.index_select(0, rows)
+        hit = logits.gather(1, article_targets[:, None]).squeeze(1) >= logits.amax(dim=-1)
+        return torch.zeros(targets.shape, device=targets.device).index_put_((rows,), hit.float())
+    # ignored targets gather any in-range logit: they are not articles, so they never count
+    hit = logits.gather(1, targets.clamp_min(0)[:, None]).squeeze(1) >= logits.amax(dim=-1)
+    return (hit & is_article).float()
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    weight_table: torch.Tensor,
-    article_mask: torch.Tensor,
-    ignore_index: int = -100,
+    logits: torch.Tensor, targets: torch.Tensor, tables: LossTables, ignore_index: int = -100
 ) -> LossParts:
     """Sums of weighted and plain CE for logits (B, T, V) against targets (B, T).
 
-    weight_table (V,) float gives each target's weight (`ArticleSet.weight_table`); article_mask (V,)
-    bool marks article IDs (`ArticleSet.mask_table`). Targets equal to `ignore_index` count nowhere.
+    Targets equal to `ignore_index` count nowhere.
     """
-    flat_logits = logits.reshape(-1, logits.size(-1))  # (N, V)
+    flat_logits = logits.reshape(-1, logits.size(-1)).float()  # (N, V); float32 even when bf16 under autocast
     flat_targets = targets.reshape(-1)  # (N,)
-    # float32 CE even when logits are bf16 under autocast; 0 at ignored positions
-    ce = F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=ignore_index, reduction="none")  # (N,)
-    valid = flat_targets != ignore_index
-    safe_targets = flat_targets.masked_fill(~valid, 0)  # ignore_index is not a valid table index
-    weights = weight_table[safe_targets] * valid
-    is_article = article_mask[safe_targets] & valid
-    is_other = valid & ~is_article
-    plain = ce.detach()
+    ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=ignore_index, reduction="none")  # (N,), 0 if ignored
+    slots = flat_targets.masked_fill(flat_targets == ignore_index, tables.vocab_size)  # ignored: the extra slot
+    weights = tables.weight.index_select(0, slots)  # (N,)
+    category = tables.category.index_select(0, slots)  # (N,)
     with torch.no_grad():
-        gather = flat_logits.device.type == "cpu"  # no sync to avoid on CPU
-        article_correct = _article_correct(flat_logits.detach(), flat_targets, is_article, gather)
-    return LossParts(
-        weighted_sum=(weights * ce).sum(),
-        weight_sum=weights.sum(),
-        ce_sum=plain.sum(),
-        token_count=valid.sum(),
-        article_ce_sum=(plain * is_article).sum(),
-        article_count=is_article.sum(),
-        other_ce_sum=(plain * is_other).sum(),
-        other_count=is_other.sum(),
-        article_correct=article_correct,
-    )
-
-
-def weighted_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    weight_table: torch.Tensor,
-    article_mask: torch.Tensor,
-    ignore_index: int = -100,
-) -> torch.Tensor:
-    """Weighted mean CE of one batch: sum(w * ce) / sum(w) over non-ignored targets (nan if none)."""
-    parts = weighted_cross_entropy(logits, targets, weight_table, article_mask, ignore_index)
-    return parts.weighted_sum / parts.weight_sum
+        all_rows = flat_logits.device.type != "cpu"
+        hits = _article_hits(flat_logits.detach(), flat_targets, category == ARTICLE, all_rows)
+        columns = torch.stack([ce.detach(), weights, torch.ones_like(weights), hits], dim=1).double()  # (N, 4)
+        totals = columns.new_zeros(3, 4).index_add_(0, category, columns)[:IGNORED]  # rows OTHER, ARTICLE
+    return LossParts(weighted_sum=(weights * ce).sum(), totals=totals)

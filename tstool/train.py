@@ -10,7 +10,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from tstool.errors import CheckpointError, Interrupted, TrainingHalted
 from tstool.faults import nan_at
 from tstool.health import HealthMonitor, ratio_band
 from tstool.hf_export import check_hf_folder, load_hf_weights
-from tstool.loss import LossParts, weighted_cross_entropy
+from tstool.loss import LossParts, LossTables, weighted_cross_entropy
 from tstool.metrics_log import MetricsLog
 from tstool.model import TinyLlama, flops_per_token
 from tstool.optim import build_optimizer, learning_rate
@@ -75,10 +75,6 @@ class TrainSummary:
     ddp_params_in_sync: bool | None
 
 
-def zero_parts(device: torch.device) -> LossParts:
-    return LossParts.from_vector(torch.zeros(len(fields(LossParts)), dtype=torch.float64, device=device))
-
-
 def metrics_from_parts(parts: LossParts) -> dict[str, float | None]:
     values = parts.metrics()
     values["ppl"] = math.exp(values["loss_unweighted"]) if values["loss_unweighted"] is not None else None
@@ -121,8 +117,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.dtype == "fp16")
         # The CPU copy gives each step's total weight from the targets before they reach the device.
         self.weight_table_cpu = self.articles.weight_table(tc.article_weight)
-        self.weight_table = self.weight_table_cpu.to(self.device)
-        self.article_mask = self.articles.mask_table().to(self.device)
+        self.loss_tables = LossTables.build(self.weight_table_cpu, self.articles.mask_table()).to(self.device)
         self.step, self.bad_steps, self.best_val = 0, 0, float("inf")
         self.resumed_from: Path | None = None
         if resume_path is not None:
@@ -161,7 +156,7 @@ class Trainer:
     def _loss_parts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossParts:
         with autocast(self.device, self.cfg.train.dtype):
             logits = model(x)
-        return weighted_cross_entropy(logits, y, self.weight_table, self.article_mask)
+        return weighted_cross_entropy(logits, y, self.loss_tables)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -176,9 +171,8 @@ class Trainer:
         if not torch.equal(y[:, :-1], x[:, 1:]):
             raise TrainingHalted("self-check failed: targets are not the inputs shifted by one token")
         with torch.no_grad():
-            parts = weighted_cross_entropy(
-                self.model(x.to(self.device)), y.to(self.device), torch.ones_like(self.weight_table), self.article_mask
-            )
+            unweighted = LossTables.unweighted(self.articles.mask_table()).to(self.device)
+            parts = weighted_cross_entropy(self.model(x.to(self.device)), y.to(self.device), unweighted)
         loss, expected = float(parts.ce_sum / parts.token_count), math.log(self.tokenizer.vocab_size)
         if abs(loss - expected) > INIT_LOSS_TOLERANCE * expected:
             raise TrainingHalted(
@@ -251,7 +245,7 @@ class Trainer:
         lr = learning_rate(self.step, tc)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        step_parts = zero_parts(self.device)
+        step_parts = LossParts.zeros(self.device)
         for index, (x, y) in enumerate(micro):
             last = index == len(micro) - 1
             sync = contextlib.nullcontext() if last or not self.ddp.enabled else self.forward_model.no_sync()
@@ -277,7 +271,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         self.model.eval()
-        parts = zero_parts(self.device)
+        parts = LossParts.zeros(self.device)
         mine = self.val_ids[self.ddp.rank :: self.ddp.world]
         seq_len, batch = self.cfg.model.max_seq_len, self.cfg.train.batch_size
         for start in range(0, len(mine), batch):
@@ -302,7 +296,7 @@ class Trainer:
         self.emit(self._start_event())
         previous = {s: signal.signal(s, self._on_signal) for s in SIGNAL_EXIT}
         started, window_start = time.perf_counter(), time.perf_counter()
-        window = zero_parts(self.device)
+        window = LossParts.zeros(self.device)
         last_train = last_val = None
         checkpoint: Path | None = self.resumed_from  # a finished run resumed again is not re-saved
         steps_this_run, window_steps = 0, 0
@@ -319,7 +313,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     last_train = self._train_record(window, grad_norm, window_steps, elapsed, started)
                     self._log(last_train, self.health.check_train(last_train))
-                    window, window_steps, window_start = zero_parts(self.device), 0, time.perf_counter()
+                    window, window_steps, window_start = LossParts.zeros(self.device), 0, time.perf_counter()
                 if self.step % tc.eval_interval == 0 or self.step == tc.max_steps:
                     last_val = self.evaluate()
                     self._log(last_val, self.health.check_val(last_val))
