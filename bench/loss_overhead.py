@@ -3,6 +3,7 @@
 Three steps on the same model and batch, timed in turns: plain mean CE; tstool's
 `weighted_cross_entropy` with article weight 5 (weight table lookup, plus its article/other breakdown);
 and, for contrast, a naive version that builds the article mask with a Python loop over article IDs.
+Each loss's ATen operator calls are counted too, the cost that matters where launches bound a step.
 Value: tstool step time / plain step time.
 """
 
@@ -34,7 +35,7 @@ PRESET = "tiny"
 DTYPE = "fp32"
 # CPU: a small batch keeps the run short; CUDA: the tiny preset's own batch, as `make train` runs it.
 BATCH = {"cpu": 4, "cuda": 16}
-REPEATS = 5
+REPEATS = 15  # paired rounds: a 2-3% effect needs more than 5 on a noisy 2-core VM
 TARGET = 1.03
 
 
@@ -52,6 +53,15 @@ def naive_loss(article_ids: list[int], weight: float) -> LossFn:
     return loss
 
 
+def aten_calls(loss: LossFn, logits: torch.Tensor, targets: torch.Tensor) -> int:
+    """ATen operator calls, nested ones included, of one forward and backward of `loss` alone: on a GPU
+    whose step is bound by kernel launches rather than arithmetic, this count is what a loss costs."""
+    logits = logits.detach().requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        loss(logits, targets).backward()
+    return sum(event.name.startswith("aten::") for event in profiler.events())
+
+
 def measure(device: torch.device, console: Console) -> float:
     """Time the three losses in full steps on one device, print their table, return tstool over plain."""
     tok = tokenizer()
@@ -67,9 +77,12 @@ def measure(device: torch.device, console: Console) -> float:
     seconds = interleaved({name: train_step(model, model, x, y, DTYPE, loss) for name, loss in losses.items()}, REPEATS)
     plain = "plain F.cross_entropy"
     title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}"
-    report = table(title, "loss", "ms/step (median)", "vs plain (paired median)")
-    for name in seconds:
-        report.add_row(name, f"{seconds.median(name) * 1e3:.1f}", f"{seconds.ratio(name, plain):.3f}")
+    report = table(title, "loss", "ms/step (median)", "vs plain (paired median)", "ATen calls (loss fwd+bwd)")
+    with torch.no_grad():
+        logits = model(x)
+    for name, loss in losses.items():
+        calls = aten_calls(loss, logits, y)
+        report.add_row(name, f"{seconds.median(name) * 1e3:.1f}", f"{seconds.ratio(name, plain):.3f}", f"{calls}")
     console.print(report)
     return seconds.ratio(f"tstool weighted (w={ARTICLE_WEIGHT:g})", plain)
 
