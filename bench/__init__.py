@@ -164,7 +164,7 @@ def article_loss(tok: TextTokenizer, device: torch.device, weight: float = ARTIC
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         parts = weighted_cross_entropy(logits, targets, tables)
-        return parts.weighted_sum / parts.weight_sum
+        return parts.weighted_sum / parts.weight_sum.float()  # float32, as training scales it
 
     return loss
 

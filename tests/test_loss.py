@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tstool import loss
 from tstool.config import ModelConfig
 from tstool.loss import ARTICLE, CE, COUNT, HITS, OTHER, LossParts, LossTables, _article_hits, weighted_cross_entropy
 from tstool.model import Model
@@ -92,16 +93,52 @@ def test_article_breakdown_by_hand() -> None:
 
 def test_article_hits_of_article_rows_and_of_all_rows_agree() -> None:
     logits, targets = batch()
-    flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
-    flat_logits[5] = 0.0  # a row where the target ties every other token still counts as a hit
-    flat_targets[5] = ARTICLES[0]
+    flat_logits, flat_targets = logits.flatten(0, 1), targets.clamp_min(0).flatten()
+    flat_targets[5] = flat_targets[6] = ARTICLES[0]
+    flat_logits[5] = 0.0  # the target ties every other token, and argmax picks token 0: a miss
+    flat_logits[6] = 0.0
+    flat_logits[6, ARTICLES[0]] = 1e-3  # the target alone on top: a hit
     is_article = torch.isin(flat_targets, torch.tensor(ARTICLES))
     article_rows = _article_hits(flat_logits, flat_targets, is_article, all_rows=False)
     expected = ((flat_logits.argmax(-1) == flat_targets) & is_article).float()
-    expected[5] = 1.0
-    assert article_rows.sum().item() >= 3
+    assert expected[5] == 0.0 and expected[6] == 1.0 and expected.sum().item() == 3
     assert torch.equal(article_rows, expected)
     assert torch.equal(_article_hits(flat_logits, flat_targets, is_article, all_rows=True), expected)
+
+
+def test_ties_with_the_target_are_misses() -> None:
+    """Even when argmax would pick the target (first among equals), a tie is not a hit."""
+    logits = torch.zeros(1, VOCAB)
+    logits[0, [ARTICLES[0], 40]] = 2.0
+    targets = torch.tensor([ARTICLES[0]])
+    assert logits.argmax(-1).item() == ARTICLES[0]
+    assert _article_hits(logits, targets, torch.tensor([True]), all_rows=False).item() == 0.0
+
+
+@pytest.mark.parametrize("all_rows", [False, True])
+@pytest.mark.parametrize("ignore_index", [-100, -1, VOCAB, 20])
+def test_any_ignore_index_counts_nowhere(ignore_index: int, all_rows: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ignore_index outside the vocabulary, or a token ID, is left out on both hit paths."""
+    monkeypatch.setattr(loss, "_reads_all_rows", lambda device: all_rows)
+    logits, targets = batch()
+    targets = targets.masked_fill(targets == 20, 21).masked_fill(targets == IGNORE, ignore_index)
+    parts = weighted_cross_entropy(logits, targets, tables(2.0), ignore_index=ignore_index)
+    reference = weighted_cross_entropy(logits, targets.masked_fill(targets == ignore_index, IGNORE), tables(2.0))
+    assert parts.token_count.item() == 46
+    assert torch.equal(parts.totals, reference.totals) and torch.equal(parts.weighted_sum, reference.weighted_sum)
+
+
+def test_weighted_sum_and_gradient_are_bit_identical_to_the_plain_formula() -> None:
+    """Training runs reproduce bit for bit across versions: sum(w[target] * ce), in this order."""
+    logits, targets = batch()
+    weights = weight_table(5.0)
+    ours_logits, plain_logits = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = weighted_cross_entropy(ours_logits, targets, tables(5.0)).weighted_sum
+    ce = F.cross_entropy(plain_logits.flatten(0, 1), targets.flatten(), reduction="none")
+    plain = (weights[targets.clamp_min(0)].flatten() * (targets != IGNORE).flatten() * ce).sum()
+    ours.backward()
+    plain.backward()
+    assert torch.equal(ours, plain) and torch.equal(ours_logits.grad, plain_logits.grad)
 
 
 def test_missing_articles_give_none() -> None:
@@ -180,3 +217,9 @@ def test_accumulated_micro_batches_match_one_large_batch() -> None:
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
     assert accumulated.metrics()["loss"] == pytest.approx(full.metrics()["loss"], rel=1e-6)
     assert not math.isnan(accumulated.metrics()["ratio"])
+
+
+def test_sums_are_float64_except_on_mps_which_has_none() -> None:
+    assert loss.sums_dtype(torch.device("cpu")) == torch.float64
+    assert loss.sums_dtype(torch.device("mps")) == torch.float32
+    assert LossParts.zeros(torch.device("cpu")).totals.dtype == torch.float64

@@ -7,7 +7,8 @@ Numbers (all over the same fixed validation blocks as training's evaluation, see
   an article too. "Correct" means *any* article here: precision and recall ask whether the model puts an
   article where one belongs; whether it picks the right one is article_precision_exact / article_acc;
 - article_recall: of article targets, the share whose top-1 prediction is any article;
-- article_acc: of article targets, the share whose top-1 prediction is exactly the target token;
+- article_acc: of article targets, the share whose top-1 prediction is exactly the target token (its
+  logit above every other; an exact tie for the top is a miss);
 - article_p_target: mean probability of the target at article targets; article_mass: mean total
   probability of all article tokens there.
 """

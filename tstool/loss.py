@@ -26,6 +26,12 @@ OTHER, ARTICLE, IGNORED = 0, 1, 2
 CE, WEIGHT, COUNT, HITS = 0, 1, 2, 3
 
 
+def sums_dtype(device: torch.device) -> torch.dtype:
+    """float64, which keeps counts exact far beyond any run, where the device has it; MPS has not, and
+    float32 counts stay exact up to 2**24 (16.7M) targets per accumulated sum."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @dataclass(frozen=True)
 class LossTables:
     """Per-target lookups indexed by target ID, with one extra slot, index V, for ignored targets."""
@@ -59,9 +65,9 @@ class LossTables:
 class LossParts:
     """Sums over the non-ignored targets of one or more batches.
 
-    `weighted_sum` (0-d float32) is the only tensor that carries gradient. `totals` (2, 4) float64 holds,
-    for rows OTHER and ARTICLE, the sums of CE, weight, targets and top-1 hits (counted for articles
-    only); float64 keeps counts exact far beyond any run.
+    `weighted_sum` (0-d float32) is the only tensor that carries gradient. `totals` (2, 4), in
+    `sums_dtype`, holds for rows OTHER and ARTICLE the sums of CE, weight, targets and top-1 hits
+    (counted for articles only).
     """
 
     weighted_sum: torch.Tensor
@@ -77,18 +83,18 @@ class LossParts:
         return LossParts(self.weighted_sum.detach(), self.totals)
 
     def as_vector(self) -> torch.Tensor:
-        """Every sum in one float64 vector (exact for counts), e.g. for a single all-reduce across ranks."""
-        return torch.cat([self.weighted_sum.detach().double().reshape(1), self.totals.flatten()])
+        """Every sum in one vector of `totals`' dtype, e.g. for a single all-reduce across ranks."""
+        return torch.cat([self.weighted_sum.detach().to(self.totals.dtype).reshape(1), self.totals.flatten()])
 
     @classmethod
     def from_vector(cls, vector: torch.Tensor) -> LossParts:
         """Inverse of `as_vector`."""
-        return cls(vector[0], vector[1:].view(2, 4))
+        return cls(vector[0], vector[1:].reshape(2, 4))
 
     @classmethod
     def zeros(cls, device: torch.device) -> LossParts:
         """The empty sum, to accumulate into."""
-        return cls.from_vector(torch.zeros(cls.VECTOR_SIZE, dtype=torch.float64, device=device))
+        return cls.from_vector(torch.zeros(cls.VECTOR_SIZE, dtype=sums_dtype(device), device=device))
 
     @property
     def weight_sum(self) -> torch.Tensor:
@@ -128,23 +134,33 @@ class LossParts:
         }
 
 
+def _reads_all_rows(device: torch.device) -> bool:
+    """Whether `_article_hits` reads every row: on accelerators, where picking rows would sync."""
+    return device.type != "cpu"
+
+
 def _article_hits(
     logits: torch.Tensor, targets: torch.Tensor, is_article: torch.Tensor, all_rows: bool
 ) -> torch.Tensor:
-    """1.0 for each article target that is a top-1 prediction of its row (a tie counts), else 0.0; (N,).
+    """1.0 for each article target whose logit is above every other logit of its row, else 0.0; (N,).
 
-    Comparing the target's logit with the row maximum is several times faster than argmax on CPUs.
-    Without `all_rows` only the article rows (a few percent) are read, after a host sync that costs
-    nothing on the CPU; with it every row is, which is how an accelerator avoids the sync.
+    That is argmax == target except on exact ties, which count as misses (bf16 logits tie often enough
+    to matter, and argmax would break them by token order). Comparing with the row maximum over the
+    other tokens is several times faster than argmax on CPUs. Without `all_rows` only the article rows
+    (a few percent) are read, after a host sync that costs nothing on the CPU; with it every row is,
+    which is how an accelerator avoids the sync. `targets` must be valid token IDs.
     """
-    if not all_rows:
+    # copies either way: the target's own logit is overwritten below
+    if all_rows:
+        scores, row_targets = logits.clone(), targets[:, None]  # (N, V), (N, 1)
+    else:
         rows = is_article.nonzero().squeeze(1)
-        logits, article_targets = logits.index_select(0, rows), targets.index_select(0, rows)
-        hit = logits.gather(1, article_targets[:, None]).squeeze(1) >= logits.amax(dim=-1)
-        return torch.zeros(targets.shape, device=targets.device).index_put_((rows,), hit.float())
-    # ignored targets gather any in-range logit: they are not articles, so they never count
-    hit = logits.gather(1, targets.clamp_min(0)[:, None]).squeeze(1) >= logits.amax(dim=-1)
-    return (hit & is_article).float()
+        scores, row_targets = logits.index_select(0, rows), targets.index_select(0, rows)[:, None]  # (R, V), (R, 1)
+    target_scores = scores.gather(1, row_targets).squeeze(1)
+    hit = target_scores > scores.scatter_(1, row_targets, float("-inf")).amax(dim=-1)
+    if all_rows:
+        return (hit & is_article).float()
+    return torch.zeros(targets.shape, dtype=torch.float32, device=targets.device).index_put_((rows,), hit.float())
 
 
 def weighted_cross_entropy(
@@ -157,12 +173,15 @@ def weighted_cross_entropy(
     flat_logits = logits.reshape(-1, logits.size(-1)).float()  # (N, V); float32 even when bf16 under autocast
     flat_targets = targets.reshape(-1)  # (N,)
     ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=ignore_index, reduction="none")  # (N,), 0 if ignored
-    slots = flat_targets.masked_fill(flat_targets == ignore_index, tables.vocab_size)  # ignored: the extra slot
+    ignored = flat_targets == ignore_index
+    slots = flat_targets.masked_fill(ignored, tables.vocab_size)  # ignored: the extra slot
     weights = tables.weight.index_select(0, slots)  # (N,)
     category = tables.category.index_select(0, slots)  # (N,)
     with torch.no_grad():
-        all_rows = flat_logits.device.type != "cpu"
-        hits = _article_hits(flat_logits.detach(), flat_targets, category == ARTICLE, all_rows)
-        columns = torch.stack([ce.detach(), weights, torch.ones_like(weights), hits], dim=1).double()  # (N, 4)
+        # ignored rows look up token 0: they are not articles, so they never count
+        safe_targets = flat_targets.masked_fill(ignored, 0)
+        hits = _article_hits(flat_logits.detach(), safe_targets, category == ARTICLE, _reads_all_rows(logits.device))
+        columns = torch.stack([ce.detach(), weights, torch.ones_like(weights), hits], dim=1)  # (N, 4)
+        columns = columns.to(sums_dtype(columns.device))
         totals = columns.new_zeros(3, 4).index_add_(0, category, columns)[:IGNORED]  # rows OTHER, ARTICLE
     return LossParts(weighted_sum=(weights * ce).sum(), totals=totals)
