@@ -1,0 +1,33 @@
+"""The benchmarks' measuring tools: the paired timer and the ATen call count (not the timings themselves)."""
+
+import statistics
+
+import torch
+
+from bench import Timings, article_loss, batch, interleaved, plain_loss, tokenizer, tstool_model
+from bench.loss_overhead import aten_calls
+from tstool.config import resolve
+
+
+def test_sides_alternate_after_warmup() -> None:
+    calls: list[str] = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert [len(times["a"]), len(times["b"])] == [3, 3]
+
+
+def test_ratio_is_the_median_of_paired_rounds() -> None:
+    # a load spike in round 2 slows both sides: the paired ratio ignores it, a ratio of medians does not
+    times = Timings({"hf": [2.0, 8.0, 2.2, 2.1], "tstool": [1.0, 4.0, 1.0, 1.0]})
+    assert times.ratio("hf", "tstool") == statistics.median([2.0, 2.0, 2.2, 2.1])
+    assert times.median("hf") / times.median("tstool") != times.ratio("hf", "tstool")
+
+
+def test_aten_calls_count_the_article_breakdown() -> None:
+    tok = tokenizer()
+    model = tstool_model(resolve("debug").model, tok.vocab_size, torch.device("cpu"))
+    x, y = batch(tok.vocab_size, 2, 16, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(x)
+    plain, weighted = aten_calls(plain_loss, logits, y), aten_calls(article_loss(tok, torch.device("cpu")), logits, y)
+    assert 5 <= plain < weighted
