@@ -240,7 +240,7 @@ class Trainer:
         micro = [self.sampler.next_batch(self.train_tokens.tokens) for _ in range(tc.grad_accum)]
         # Normalise by the total weight of the whole step (all micro-batches, all ranks); DDP averages
         # gradients over ranks, so multiply back by the world size.
-        total_weight = sum(self.weight_table_cpu[y].sum() for _, y in micro).to(self.device)
+        total_weight = self._to_device(sum(self.weight_table_cpu[y].sum() for _, y in micro))  # no host sync
         scale = self.ddp.world / all_reduce_sum(total_weight, self.ddp)
         lr = learning_rate(self.step, tc)
         for group in self.optimizer.param_groups:
