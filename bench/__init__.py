@@ -23,7 +23,7 @@ from torch import nn
 
 from tstool.articles import resolve_articles
 from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
-from tstool.loss import LossTables, weighted_cross_entropy
+from tstool.loss import ArticleLoss, LossTables
 from tstool.model import TinyLlama
 from tstool.optim import build_optimizer
 from tstool.runtime import autocast
@@ -157,13 +157,17 @@ def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def article_loss(tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT) -> LossFn:
-    """tstool's training loss: weighted CE with the article weight table, and its article breakdown."""
+def article_loss(
+    tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT, cuda_graphs: bool = True
+) -> LossFn:
+    """tstool's training loss (`ArticleLoss`): weighted CE with the article weight table, and its article
+    breakdown."""
     articles = resolve_articles(tok, ArticleConfig(), require_single=True)
     tables = LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
+    article_loss = ArticleLoss(tables, cuda_graphs=cuda_graphs)
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        parts = weighted_cross_entropy(logits, targets, tables)
+        parts = article_loss(logits, targets)
         return parts.weighted_sum / parts.weight_sum.float()  # float32, as training scales it
 
     return loss

@@ -223,3 +223,93 @@ def test_sums_are_float64_except_on_mps_which_has_none() -> None:
     assert loss.sums_dtype(torch.device("cpu")) == torch.float64
     assert loss.sums_dtype(torch.device("mps")) == torch.float32
     assert LossParts.zeros(torch.device("cpu")).totals.dtype == torch.float64
+
+
+def eager_sums_and_gradient(
+    logits: torch.Tensor, targets: torch.Tensor, article_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    leaf = logits.detach().clone().requires_grad_()
+    parts = weighted_cross_entropy(leaf, targets, tables(article_weight))
+    parts.weighted_sum.backward()
+    return parts.weighted_sum.detach(), parts.totals, leaf.grad
+
+
+def test_the_loss_and_its_gradient_in_one_pass_equal_autograd() -> None:
+    """The sequence a CUDA graph captures: the same sums, hits and ignored targets as the eager loss,
+    and the gradient autograd computes, written over the logits."""
+    logits, targets = batch()
+    weighted_sum, totals, gradient = eager_sums_and_gradient(logits, targets, 5.0)
+    buffer = logits.flatten(0, 1).clone()
+    one_pass_sum, one_pass_totals = loss._sums_and_gradient(buffer, targets.flatten(), tables(5.0), IGNORE)
+    torch.testing.assert_close(one_pass_sum, weighted_sum)
+    torch.testing.assert_close(one_pass_totals, totals)
+    assert torch.equal(one_pass_totals[:, [COUNT, HITS]], totals[:, [COUNT, HITS]])
+    torch.testing.assert_close(buffer.view_as(gradient), gradient)
+
+
+def captured_on_cpu(rows: int) -> loss._Captured:
+    """The replay protocol of `ArticleLoss`, on static CPU buffers recomputed eagerly (no graph)."""
+    logits, targets = torch.zeros(rows, VOCAB), torch.zeros(rows, dtype=torch.long)
+    outputs = loss._sums_and_gradient(logits.clone(), targets, tables(5.0), IGNORE)
+
+    def replay() -> None:
+        for output, value in zip(outputs, loss._sums_and_gradient(logits, targets, tables(5.0), IGNORE), strict=True):
+            output.copy_(value)
+
+    return loss._Captured(replay, logits, targets, *outputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_replayed_loss_gives_autograd_its_gradient_in_the_logits_dtype(dtype: torch.dtype) -> None:
+    logits, targets = batch()
+    logits = logits.to(dtype)
+    weighted_sum, totals, gradient = eager_sums_and_gradient(logits, targets, 5.0)
+    leaf = logits.clone().requires_grad_()
+    replayed_sum, replayed_totals = loss._ReplayedLoss.apply(leaf, targets, captured_on_cpu(targets.numel()))
+    assert not replayed_totals.requires_grad
+    (replayed_sum * 2).backward()  # the upstream gradient scales it
+    torch.testing.assert_close(replayed_sum, weighted_sum)
+    torch.testing.assert_close(replayed_totals, totals)
+    assert leaf.grad.dtype == dtype
+    torch.testing.assert_close(leaf.grad, 2 * gradient)
+
+
+def test_a_replayed_loss_refuses_a_backward_after_a_later_replay() -> None:
+    """The buffer holds only the latest batch's gradient: an earlier loss's backward would be wrong."""
+    captured = captured_on_cpu(48)
+    first_logits, targets = batch(seed=0)
+    first, _ = loss._ReplayedLoss.apply(first_logits.requires_grad_(), targets, captured)
+    loss._ReplayedLoss.apply(batch(seed=1)[0].requires_grad_(), targets, captured)
+    with pytest.raises(RuntimeError, match="ran again on a batch of this shape before this loss's backward"):
+        first.backward()
+
+
+def test_article_loss_off_cuda_is_the_eager_loss() -> None:
+    logits, targets = batch()
+    article_loss = loss.ArticleLoss(tables(5.0))
+    parts, eager = article_loss(logits.requires_grad_(), targets), weighted_cross_entropy(logits, targets, tables(5.0))
+    assert torch.equal(parts.weighted_sum, eager.weighted_sum) and torch.equal(parts.totals, eager.totals)
+    assert not article_loss.graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_cuda_the_loss_is_captured_once_per_shape_and_replays_the_eager_numbers(dtype: torch.dtype) -> None:
+    cuda_tables = tables(5.0).to(torch.device("cuda"))
+    article_loss = loss.ArticleLoss(cuda_tables)
+    for seed in (0, 1):  # the capture, then a replay
+        logits, targets = (t.cuda() for t in batch(seed=seed))
+        logits = logits.to(dtype)
+        eager_leaf, leaf = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        eager = weighted_cross_entropy(eager_leaf, targets, cuda_tables)
+        eager.weighted_sum.backward()
+        parts = article_loss(leaf, targets)
+        parts.weighted_sum.backward()
+        torch.testing.assert_close(parts.weighted_sum, eager.weighted_sum)
+        torch.testing.assert_close(parts.totals, eager.totals)
+        torch.testing.assert_close(leaf.grad, eager_leaf.grad)
+    assert list(article_loss.graphs) == [(targets.numel(), VOCAB)] and article_loss.graphs[(48, VOCAB)].replays == 2
+    for rows in range(1, 1 + 2 * loss.ArticleLoss.MAX_GRAPHS):  # more shapes than it keeps graphs for
+        logits, targets = (t.cuda() for t in batch(shape=(3, 5 + rows)))
+        article_loss(logits.requires_grad_(), targets).weighted_sum.backward()
+    assert len(article_loss.graphs) == loss.ArticleLoss.MAX_GRAPHS

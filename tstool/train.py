@@ -25,7 +25,7 @@ from tstool.errors import CheckpointError, Interrupted, TrainingHalted
 from tstool.faults import nan_at
 from tstool.health import HealthMonitor, ratio_band
 from tstool.hf_export import check_hf_folder, load_hf_weights
-from tstool.loss import LossParts, LossTables, weighted_cross_entropy
+from tstool.loss import ArticleLoss, LossParts, LossTables, weighted_cross_entropy
 from tstool.metrics_log import MetricsLog
 from tstool.model import TinyLlama, flops_per_token
 from tstool.optim import build_optimizer, learning_rate
@@ -117,7 +117,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.dtype == "fp16")
         # The CPU copy gives each step's total weight from the targets before they reach the device.
         self.weight_table_cpu = self.articles.weight_table(tc.article_weight)
-        self.loss_tables = LossTables.build(self.weight_table_cpu, self.articles.mask_table()).to(self.device)
+        self.loss = ArticleLoss(LossTables.build(self.weight_table_cpu, self.articles.mask_table()).to(self.device))
         self.step, self.bad_steps, self.best_val = 0, 0, float("inf")
         self.resumed_from: Path | None = None
         if resume_path is not None:
@@ -156,7 +156,7 @@ class Trainer:
     def _loss_parts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossParts:
         with autocast(self.device, self.cfg.train.dtype):
             logits = model(x)
-        return weighted_cross_entropy(logits, y, self.loss_tables)
+        return self.loss(logits, y)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
