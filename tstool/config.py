@@ -124,6 +124,11 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
     compile: bool = Field(False, description="torch.compile the model.")
+    cuda_graph_loss: bool = Field(
+        True,
+        description="On CUDA, replay the loss from a CUDA graph: faster where launches bound the step; "
+        "keeps two float32 (tokens x vocab) buffers per micro-batch shape.",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = torch's default.")
 
     @model_validator(mode="after")

@@ -273,9 +273,10 @@ class ArticleLoss:
     backward one multiplication. A small model's step on a GPU is bound by those launches: on an H100
     the eager loss made `tiny`'s step 7-14% slower than plain CE, the replayed one 1-3% (bench
     `loss_overhead`). Compiling the eager loss with torch.compile did not help (15%): its own calling
-    overhead matched the launches it saved. A graph keeps a float32 (N, V) buffer; at most MAX_GRAPHS
-    shapes are captured, others run eagerly, as do evaluation and other devices. Replays match the
-    eager loss up to float rounding.
+    overhead matched the launches it saved. A graph keeps two float32 (N, V) buffers (its input, which
+    ends as the gradient, and the log-probabilities); at most MAX_GRAPHS shapes are captured, others
+    run eagerly, as do evaluation and other devices, and `cuda_graphs=False` (`train.cuda_graph_loss`)
+    turns graphs off. Replays match the eager loss up to float rounding.
     """
 
     MAX_GRAPHS = 4

@@ -117,7 +117,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.dtype == "fp16")
         # The CPU copy gives each step's total weight from the targets before they reach the device.
         self.weight_table_cpu = self.articles.weight_table(tc.article_weight)
-        self.loss = ArticleLoss(LossTables.build(self.weight_table_cpu, self.articles.mask_table()).to(self.device))
+        tables = LossTables.build(self.weight_table_cpu, self.articles.mask_table()).to(self.device)
+        self.loss = ArticleLoss(tables, cuda_graphs=tc.cuda_graph_loss)
         self.step, self.bad_steps, self.best_val = 0, 0, float("inf")
         self.resumed_from: Path | None = None
         if resume_path is not None:
