@@ -1,3 +1,4 @@
+import functools
 import math
 
 import pytest
@@ -292,24 +293,58 @@ def test_article_loss_off_cuda_is_the_eager_loss() -> None:
     assert not article_loss.graphs
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def replayed_and_eager(article_loss: loss.ArticleLoss, seed: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Weighted sum, totals and logits gradient from `article_loss`, then from the eager loss, on CUDA."""
+    logits, targets = (t.cuda() for t in batch(seed=seed))
+    results = []
+    for compute in (article_loss, functools.partial(weighted_cross_entropy, tables=article_loss.tables)):
+        leaf = logits.to(dtype).clone().requires_grad_()
+        parts = compute(leaf, targets)
+        parts.weighted_sum.backward()
+        results += [parts.weighted_sum, parts.totals, leaf.grad]
+    return results
+
+
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_on_cuda_the_loss_is_captured_once_per_shape_and_replays_the_eager_numbers(dtype: torch.dtype) -> None:
-    cuda_tables = tables(5.0).to(torch.device("cuda"))
-    article_loss = loss.ArticleLoss(cuda_tables)
+    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
     for seed in (0, 1):  # the capture, then a replay
-        logits, targets = (t.cuda() for t in batch(seed=seed))
-        logits = logits.to(dtype)
-        eager_leaf, leaf = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-        eager = weighted_cross_entropy(eager_leaf, targets, cuda_tables)
-        eager.weighted_sum.backward()
-        parts = article_loss(leaf, targets)
-        parts.weighted_sum.backward()
-        torch.testing.assert_close(parts.weighted_sum, eager.weighted_sum)
-        torch.testing.assert_close(parts.totals, eager.totals)
-        torch.testing.assert_close(leaf.grad, eager_leaf.grad)
-    assert list(article_loss.graphs) == [(targets.numel(), VOCAB)] and article_loss.graphs[(48, VOCAB)].replays == 2
+        replayed_sum, replayed_totals, replayed_grad, *eager = replayed_and_eager(article_loss, seed, dtype)
+        for replayed, reference in zip([replayed_sum, replayed_totals, replayed_grad], eager, strict=True):
+            torch.testing.assert_close(replayed, reference)
+    (key, captured), *_ = article_loss.graphs.items()
+    assert len(article_loss.graphs) == 1 and key[1:] == (48, VOCAB) and captured.replays == 2
     for rows in range(1, 1 + 2 * loss.ArticleLoss.MAX_GRAPHS):  # more shapes than it keeps graphs for
         logits, targets = (t.cuda() for t in batch(shape=(3, 5 + rows)))
         article_loss(logits.requires_grad_(), targets).weighted_sum.backward()
     assert len(article_loss.graphs) == loss.ArticleLoss.MAX_GRAPHS
+
+
+@needs_cuda
+def test_on_cuda_logits_beyond_the_graph_bound_run_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loss.ArticleLoss, "MAX_GRAPH_LOGITS", 47 * VOCAB)  # one row fewer than the batch
+    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
+    replayed_sum, *_, eager_sum, _, _ = replayed_and_eager(article_loss, 0, torch.float32)
+    assert list(article_loss.graphs.values()) == [None] and torch.equal(replayed_sum, eager_sum)
+
+
+@needs_cuda
+def test_on_cuda_a_loss_that_cannot_be_captured_runs_eagerly_after_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = loss._sums_and_gradient
+
+    def syncing(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        weighted_sum, totals = real(*args)
+        totals.sum().item()  # a host sync: not allowed while a stream is being captured
+        return weighted_sum, totals
+
+    monkeypatch.setattr(loss, "_sums_and_gradient", syncing)
+    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
+    with pytest.warns(RuntimeWarning, match="capturing the article loss in a CUDA graph failed"):
+        replayed_sum, *_, eager_sum, _, _ = replayed_and_eager(article_loss, 0, torch.float32)
+    assert list(article_loss.graphs.values()) == [None] and torch.equal(replayed_sum, eager_sum)

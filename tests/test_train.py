@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from tstool import checkpoint as ckpt
+from tstool import loss
 from tstool.batches import BlockSampler, gather_blocks, split_block
 from tstool.config import resolve
 from tstool.data import load_corpus
@@ -262,3 +264,25 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_learn(tmp_path: Path) -> None:
     records = train_records(Path("ddp"))
     assert records[30]["loss_unweighted"] < records[5]["loss_unweighted"]
     assert records[5]["tokens"] == 5 * 2 * 4 * 32  # both ranks' batches count
+
+
+def test_a_warning_in_the_first_step_is_a_run_event_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the loss cannot be captured in a CUDA graph: it warns once, at its first call, and runs eagerly."""
+    message = "capturing the article loss in a CUDA graph failed (no capture here); it runs eagerly"
+    real_call = loss.ArticleLoss.__call__
+
+    def warn_once(self: loss.ArticleLoss, logits: torch.Tensor, targets: torch.Tensor) -> loss.LossParts:
+        if not self.graphs:
+            self.graphs[(logits.device, targets.numel(), logits.size(-1))] = None
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return real_call(self, logits, targets)
+
+    monkeypatch.setattr(loss.ArticleLoss, "__call__", warn_once)
+    events: list[dict] = []
+    cfg = resolve("debug", {"train.max_steps": 3, "train.log_interval": 1})
+    summary = train(cfg, RunOptions(out_dir=tmp_path / "run"), events.append)
+    assert [e["message"] for e in events if e["event"] == "warning"] == [message]
+    assert summary.step == 3
+    assert [r["step"] for r in train_records(tmp_path / "run").values()] == [1, 2, 3]

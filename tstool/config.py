@@ -127,7 +127,7 @@ class TrainConfig(Section):
     cuda_graph_loss: bool = Field(
         True,
         description="On CUDA, replay the loss from a CUDA graph: faster where launches bound the step; "
-        "keeps two float32 (tokens x vocab) buffers per micro-batch shape.",
+        "keeps two float32 (tokens x vocab) buffers per micro-batch shape, up to 2**27 logits.",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = torch's default.")
 

@@ -15,6 +15,7 @@ whole loss from a CUDA graph (`ArticleLoss`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -217,7 +218,7 @@ def _sums_and_gradient(
     weights, categories, safe_targets = _lookups(targets, tables, ignore_index)
     target_columns = safe_targets[:, None]
     log_probs = torch.log_softmax(logits, dim=1)  # as F.cross_entropy computes it
-    ce = log_probs.gather(1, target_columns).squeeze(1).neg()  # ignored rows: weight 0, category IGNORED
+    ce = log_probs.gather(1, target_columns).squeeze(1).neg().masked_fill_(categories == IGNORED, 0.0)  # as eager
     target_logits = logits.gather(1, target_columns).squeeze(1)
     best_other = logits.scatter_(1, target_columns, float("-inf")).amax(dim=1)  # overwritten below anyway
     hits = ((target_logits > best_other) & (categories == ARTICLE)).float()  # `_article_hits`' rule
@@ -274,36 +275,56 @@ class ArticleLoss:
     the eager loss made `tiny`'s step 7-14% slower than plain CE, the replayed one 1-3% (bench
     `loss_overhead`). Compiling the eager loss with torch.compile did not help (15%): its own calling
     overhead matched the launches it saved. A graph keeps two float32 (N, V) buffers (its input, which
-    ends as the gradient, and the log-probabilities); at most MAX_GRAPHS shapes are captured, others
-    run eagerly, as do evaluation and other devices, and `cuda_graphs=False` (`train.cuda_graph_loss`)
-    turns graphs off. Replays match the eager loss up to float rounding.
+    ends as the gradient, and the log-probabilities). The loss runs eagerly for shapes beyond the
+    first MAX_GRAPHS or above MAX_GRAPH_LOGITS, where capture fails (after a warning), in evaluation,
+    on other devices, and with `cuda_graphs=False` (`train.cuda_graph_loss`). Replays match the eager
+    loss up to float rounding.
     """
 
     MAX_GRAPHS = 4
+    # Above this many logits per batch the loss's arithmetic outweighs its launches, and a graph's two
+    # float32 buffers (1 GiB at this size) would weigh on the step's peak memory: the loss runs eagerly.
+    MAX_GRAPH_LOGITS = 2**27
 
     def __init__(self, tables: LossTables, ignore_index: int = -100, cuda_graphs: bool = True) -> None:
         self.tables, self.ignore_index, self.cuda_graphs = tables, ignore_index, cuda_graphs
-        self.graphs: dict[tuple[int, int], _Captured] = {}
+        self.graphs: dict[tuple[torch.device, int, int], _Captured | None] = {}  # None: eager for that shape
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
-        shape = (targets.numel(), logits.size(-1))
         replays = self.cuda_graphs and logits.is_cuda and logits.requires_grad and torch.is_grad_enabled()
-        if replays and shape not in self.graphs and len(self.graphs) < self.MAX_GRAPHS:
-            self.graphs[shape] = self._capture(*shape, logits.device)
-        if not replays or shape not in self.graphs:
+        captured = self._graph(logits.device, targets.numel(), logits.size(-1)) if replays else None
+        if captured is None:
             return weighted_cross_entropy(logits, targets, self.tables, self.ignore_index)
-        weighted_sum, totals = _ReplayedLoss.apply(logits, targets, self.graphs[shape])
+        weighted_sum, totals = _ReplayedLoss.apply(logits, targets, captured)
         return LossParts(weighted_sum=weighted_sum, totals=totals)
 
-    def _capture(self, rows: int, vocab: int, device: torch.device) -> _Captured:
-        logits = torch.zeros(rows, vocab, device=device)
-        targets = torch.zeros(rows, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device)  # warm up off the default stream, as capture requires
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            _sums_and_gradient(logits, targets, self.tables, self.ignore_index)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            weighted_sum, totals = _sums_and_gradient(logits, targets, self.tables, self.ignore_index)
+    def _graph(self, device: torch.device, rows: int, vocab: int) -> _Captured | None:
+        """The graph for this shape, captured on first use; None where the loss runs eagerly."""
+        key = (device, rows, vocab)
+        if key not in self.graphs and len(self.graphs) < self.MAX_GRAPHS:
+            self.graphs[key] = self._capture(device, rows, vocab) if rows * vocab <= self.MAX_GRAPH_LOGITS else None
+        return self.graphs.get(key)
+
+    def _capture(self, device: torch.device, rows: int, vocab: int) -> _Captured | None:
+        try:
+            with torch.cuda.device(device):
+                logits = torch.zeros(rows, vocab, device=device)
+                targets = torch.zeros(rows, dtype=torch.long, device=device)
+                side = torch.cuda.Stream(device)  # warm up off the default stream, as capture requires
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    _sums_and_gradient(logits, targets, self.tables, self.ignore_index)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    weighted_sum, totals = _sums_and_gradient(logits, targets, self.tables, self.ignore_index)
+        except RuntimeError as exc:  # out of memory, or an operation this PyTorch cannot capture
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            warnings.warn(
+                f"capturing the article loss in a CUDA graph failed ({first_line}); it runs eagerly: "
+                "the same numbers, a slower step",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
         return _Captured(graph.replay, logits, targets, weighted_sum, totals)

@@ -9,6 +9,7 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +269,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return step_parts, grad_norm, ok
 
+    def _first_step(self) -> tuple[LossParts, torch.Tensor, bool]:
+        """`_train_step`, whose warnings (such as a loss that could not be captured in a CUDA graph, so
+        runs eagerly) reach the run's events and live view instead of printing through it."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = self._train_step()
+        for warning in caught:
+            self.emit({"event": "warning", "step": self.step + 1, "message": str(warning.message)})
+        return result
+
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -303,7 +314,7 @@ class Trainer:
         steps_this_run, window_steps = 0, 0
         try:
             while self.step < tc.max_steps:
-                parts, grad_norm, ok = self._train_step()
+                parts, grad_norm, ok = self._train_step() if steps_this_run else self._first_step()
                 self.step += 1
                 steps_this_run += 1
                 if ok:
