@@ -282,8 +282,8 @@ class ArticleLoss:
     """
 
     MAX_GRAPHS = 4
-    # Above this many logits per batch the loss's arithmetic outweighs its launches, and a graph's two
-    # float32 buffers (1 GiB at this size) would weigh on the step's peak memory: the loss runs eagerly.
+    # A bound on what a graph holds for the whole run (its two float32 buffers: 1 GiB at this size).
+    # Batches this large do enough arithmetic per launch that the graph matters less (not measured).
     MAX_GRAPH_LOGITS = 2**27
 
     def __init__(self, tables: LossTables, ignore_index: int = -100, cuda_graphs: bool = True) -> None:
