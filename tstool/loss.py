@@ -162,9 +162,15 @@ def _article_hits(
         return ((logits.gather(1, targets[:, None]).squeeze(1) == best) & alone & is_article).float()
     rows = is_article.nonzero().squeeze(1)
     scores, row_targets = logits.index_select(0, rows), targets.index_select(0, rows)[:, None]  # copies: (R, V), (R, 1)
-    target_scores = scores.gather(1, row_targets).squeeze(1)
-    hit = target_scores > scores.scatter_(1, row_targets, float("-inf")).amax(dim=-1)  # above every other logit
+    hit = _above_every_other(scores, row_targets)
     return torch.zeros(targets.shape, dtype=torch.float32, device=targets.device).index_put_((rows,), hit.float())
+
+
+def _above_every_other(scores: torch.Tensor, target_columns: torch.Tensor) -> torch.Tensor:
+    """Whether each row's target score (column `target_columns`, (R, 1)) is above every other score of
+    its row; (R,) bool. Overwrites the target entries of `scores` (R, V), which must be a copy."""
+    target_scores = scores.gather(1, target_columns).squeeze(1)
+    return target_scores > scores.scatter_(1, target_columns, float("-inf")).amax(dim=-1)
 
 
 def _lookups(
@@ -219,9 +225,8 @@ def _sums_and_gradient(
     target_columns = safe_targets[:, None]
     log_probs = torch.log_softmax(logits, dim=1)  # as F.cross_entropy computes it
     ce = log_probs.gather(1, target_columns).squeeze(1).neg().masked_fill_(categories == IGNORED, 0.0)  # as eager
-    target_logits = logits.gather(1, target_columns).squeeze(1)
-    best_other = logits.scatter_(1, target_columns, float("-inf")).amax(dim=1)  # overwritten below anyway
-    hits = ((target_logits > best_other) & (categories == ARTICLE)).float()  # `_article_hits`' rule
+    # `_article_hits`' rule on every row; `logits` is overwritten by the gradient below anyway
+    hits = (_above_every_other(logits, target_columns) & (categories == ARTICLE)).float()
     gradient = torch.exp(log_probs, out=logits).mul_(weights[:, None])  # w softmax
     gradient.scatter_add_(1, target_columns, -weights[:, None])
     return (weights * ce).sum(), _totals(ce, weights, categories, hits)
