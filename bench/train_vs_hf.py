@@ -2,14 +2,23 @@
 
 Both sides get the same weights, batch, dtype (autocast), threads, loss (plain CE) and optimizer
 (tstool's fused AdamW); their steps are timed in turns. Value: the smallest tstool/HF ratio over
-presets, dtypes and devices.
+presets, dtypes and devices, both models eager as they train by default.
+
+On CPU in fp32, where the eager models are at parity, both are also timed under torch.compile
+(`tstool train --compile` for tstool), in the same rounds: what compiling buys, on each side, and
+how long the first, compiling step takes. Those rows are shown, not part of the value.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from bench import (
@@ -36,14 +45,38 @@ DTYPES = ("fp32", "bf16")
 BATCH = {("tiny", "fp32"): 4, ("small", "fp32"): 2, ("tiny", "bf16"): 2, ("small", "bf16"): 1}
 REPEATS = {"fp32": 25, "bf16": 5}
 TARGET = 1.0
+COMPILED = ("cpu", "fp32")  # (device type, dtype) also timed with both models compiled
+COMPILED_SIDES = ("tstool compiled", "hf compiled")
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
+
+
+@contextlib.contextmanager
+def fresh_compile_cache(folder: Path) -> Iterator[None]:
+    """Inductor's kernel cache in `folder`, so that the first compiled step compiles, as on a first run."""
+    before = os.environ.get(INDUCTOR_CACHE)
+    os.environ[INDUCTOR_CACHE] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[INDUCTOR_CACHE]
+        else:
+            os.environ[INDUCTOR_CACHE] = before
+
+
+def first_call_seconds(step: Callable[[], None]) -> float:
+    """Runs one step and returns its time: for a compiled model, mostly compiling."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
 def run(console: Console) -> Result:
     tok = tokenizer()
     title = "train_vs_hf: training step (forward, backward, AdamW)"
     report = table(title, "case", "tokens", "tstool tok/s", "HF tok/s", "tstool/HF (paired median)")
-    ratios = []
-    with tempfile.TemporaryDirectory() as tmp:
+    ratios, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp, fresh_compile_cache(Path(tmp) / "inductor"):
         for device in devices():
             for preset in PRESETS:
                 cfg = model_config(preset)
@@ -51,24 +84,42 @@ def run(console: Console) -> Result:
                 theirs = hf_twin(ours, tok, Path(tmp) / preset)
                 for dtype in DTYPES:
                     x, y = batch(tok.vocab_size, BATCH[preset, dtype], cfg.max_seq_len, device)
-                    seconds = interleaved(
-                        {
-                            "tstool": train_step(ours, ours, x, y, dtype),
-                            "hf": train_step(theirs, hf_forward(theirs), x, y, dtype),
-                        },
-                        REPEATS[dtype],
-                    )
+                    steps = {
+                        "tstool": train_step(ours, ours, x, y, dtype),
+                        "hf": train_step(theirs, hf_forward(theirs), x, y, dtype),
+                    }
+                    compiled = (device.type, dtype) == COMPILED
+                    if compiled:
+                        steps["tstool compiled"] = train_step(ours, torch.compile(ours), x, y, dtype)
+                        steps["hf compiled"] = train_step(theirs, torch.compile(hf_forward(theirs)), x, y, dtype)
+                        compiling = {side: first_call_seconds(steps[side]) for side in COMPILED_SIDES}
+                    seconds = interleaved(steps, REPEATS[dtype])
                     ratio = seconds.ratio("hf", "tstool")
                     ratios.append(ratio)
-                    tokens = x.numel()
+                    tokens, case = x.numel(), f"{preset} {dtype} {device.type}"
                     report.add_row(
-                        f"{preset} {dtype} {device.type}",
+                        case,
                         f"{tokens:,}",
                         f"{tokens / seconds.median('tstool'):,.0f}",
                         f"{tokens / seconds.median('hf'):,.0f}",
                         f"[{'green' if ratio >= TARGET else 'red'}]{ratio:.3f}",
                     )
+                    if compiled:
+                        report.add_row(
+                            f"{case}, both compiled",
+                            f"{tokens:,}",
+                            f"{tokens / seconds.median('tstool compiled'):,.0f}",
+                            f"{tokens / seconds.median('hf compiled'):,.0f}",
+                            f"[dim]{seconds.ratio('hf compiled', 'tstool compiled'):.3f}",
+                        )
+                        notes.append(
+                            f"{case}: compiling made a step {seconds.ratio('tstool', 'tstool compiled'):.2f}x "
+                            f"as fast for tstool, {seconds.ratio('hf', 'hf compiled'):.2f}x for HF; first "
+                            f"compiled step {compiling['tstool compiled']:.0f} s and {compiling['hf compiled']:.0f} s"
+                        )
     console.print(report)
+    for note in notes:
+        console.print(note)
     threads_note(console)
     worst = min(ratios)
     return Result("train_vs_hf", worst, "ratio (min over cases)", TARGET, worst >= TARGET)

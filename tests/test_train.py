@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -286,3 +287,28 @@ def test_a_warning_in_the_first_step_is_a_run_event_and_training_goes_on(
     assert [e["message"] for e in events if e["event"] == "warning"] == [message]
     assert summary.step == 3
     assert [r["step"] for r in train_records(tmp_path / "run").values()] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_compile_without_a_cpu_compiler_is_a_one_line_error_before_the_run_folder() -> None:
+    result = run_subprocess(
+        ["train", *DEBUG, "--compile", "--max-steps", 2, "--out-dir", "run"], env={"CXX": "/nonexistent/g++"}
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --compile cannot build kernels on cpu"), result.stderr
+    assert "/nonexistent/g++" in lines[0] and "without --compile" in lines[0]
+    assert not Path("run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="inductor needs a C++ compiler")
+def test_compiled_training_follows_the_eager_losses(tmp_path: Path) -> None:
+    losses = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        cfg = resolve("debug", {"train.compile": compiled, "train.max_steps": 4, "train.log_interval": 1})
+        train(cfg, RunOptions(out_dir=tmp_path / name))
+        losses[name] = [r["loss"] for r in train_records(tmp_path / name).values()]
+    # Inductor fuses and reorders float sums, so the runs agree closely but not bit for bit.
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert len(losses["compiled"]) == 4

@@ -19,6 +19,8 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # mallopt parameters from glibc's malloc.h
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_FREED_BYTES = 1 << 30
+# what torch.compile's default backend, inductor, builds kernels with
+COMPILE_TOOLCHAINS = {"cpu": "a C++ compiler (g++ or clang++; CXX names another)", "cuda": "Triton"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,23 @@ def check_dtype(device: torch.device, dtype: str) -> None:
         raise DeviceError("this GPU does not support bf16: use --dtype fp16 or fp32")
     if dtype == "fp16" and device.type == "cpu":
         raise DeviceError("--dtype fp16 is for GPUs: use --dtype bf16 or fp32 on CPU")
+
+
+def check_compile(device: torch.device) -> None:
+    """`--compile` builds kernels with a C++ compiler on CPU and with Triton on GPUs. Building one for a
+    two-operation function, with the kernel cache off so the toolchain really runs, turns a missing one
+    into a one-line error before the run folder is touched instead of a traceback at the first step."""
+    from torch._dynamo.exc import BackendCompilerFailed  # here: slow to import, and only --compile needs it
+
+    probe = torch.compile(lambda t: t * 2 + 1, options={"fx_graph_cache": False})
+    try:
+        probe(torch.zeros(4, device=device))
+    except BackendCompilerFailed as error:
+        cause = next(line for line in str(error).splitlines() if line.strip())
+        tool = COMPILE_TOOLCHAINS.get(device.type, "the toolchain it names")
+        raise DeviceError(
+            f"--compile cannot build kernels on {device.type} ({cause}): install {tool}, or train without --compile"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:

@@ -35,6 +35,7 @@ from tstool.run_dir import RunDir
 from tstool.runtime import (
     all_reduce_sum,
     autocast,
+    check_compile,
     check_dtype,
     init_distributed,
     keep_freed_memory,
@@ -91,6 +92,8 @@ class Trainer:
         keep_freed_memory()
         device = resolve_device(tc.device)
         check_dtype(device, tc.dtype)
+        if tc.compile:
+            check_compile(device)
         self.ddp = init_distributed(device)
         self.device = process_device(device, self.ddp)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
