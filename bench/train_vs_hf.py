@@ -11,11 +11,9 @@ how long the first, compiling step takes. Those rows are shown, not part of the 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +33,7 @@ from bench import (
     train_step,
     tstool_model,
 )
+from tstool.runtime import check_compile, fresh_kernel_cache
 
 PRESETS = ("tiny", "small")
 DTYPES = ("fp32", "bf16")
@@ -47,21 +46,6 @@ REPEATS = {"fp32": 25, "bf16": 5}
 TARGET = 1.0
 COMPILED = ("cpu", "fp32")  # (device type, dtype) also timed with both models compiled
 COMPILED_SIDES = ("tstool compiled", "hf compiled")
-INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
-
-
-@contextlib.contextmanager
-def fresh_compile_cache(folder: Path) -> Iterator[None]:
-    """Inductor's kernel cache in `folder`, so that the first compiled step compiles, as on a first run."""
-    before = os.environ.get(INDUCTOR_CACHE)
-    os.environ[INDUCTOR_CACHE] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[INDUCTOR_CACHE]
-        else:
-            os.environ[INDUCTOR_CACHE] = before
 
 
 def first_call_seconds(step: Callable[[], None]) -> float:
@@ -76,7 +60,8 @@ def run(console: Console) -> Result:
     title = "train_vs_hf: training step (forward, backward, AdamW)"
     report = table(title, "case", "tokens", "tstool tok/s", "HF tok/s", "tstool/HF (paired median)")
     ratios, notes = [], []
-    with tempfile.TemporaryDirectory() as tmp, fresh_compile_cache(Path(tmp) / "inductor"):
+    # An empty kernel cache, so that the first compiled step compiles, as on a first run.
+    with tempfile.TemporaryDirectory() as tmp, fresh_kernel_cache():
         for device in devices():
             for preset in PRESETS:
                 cfg = model_config(preset)
@@ -88,8 +73,9 @@ def run(console: Console) -> Result:
                         "tstool": train_step(ours, ours, x, y, dtype),
                         "hf": train_step(theirs, hf_forward(theirs), x, y, dtype),
                     }
-                    compiled = (device.type, dtype) == COMPILED
+                    compiled, compiling = (device.type, dtype) == COMPILED, {}
                     if compiled:
+                        check_compile(device)  # the compiler's one-time start-up, so that neither side pays it
                         steps["tstool compiled"] = train_step(ours, torch.compile(ours), x, y, dtype)
                         steps["hf compiled"] = train_step(theirs, torch.compile(hf_forward(theirs)), x, y, dtype)
                         compiling = {side: first_call_seconds(steps[side]) for side in COMPILED_SIDES}

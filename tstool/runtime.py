@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import random
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +24,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_FREED_BYTES = 1 << 30
 # what torch.compile's default backend, inductor, builds kernels with
 COMPILE_TOOLCHAINS = {"cpu": "a C++ compiler (g++ or clang++; CXX names another)", "cuda": "Triton"}
+# read by inductor and Triton each time they look for a cached kernel
+KERNEL_CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
 @dataclass(frozen=True)
@@ -85,20 +90,39 @@ def check_dtype(device: torch.device, dtype: str) -> None:
         raise DeviceError("--dtype fp16 is for GPUs: use --dtype bf16 or fp32 on CPU")
 
 
-def check_compile(device: torch.device) -> None:
-    """`--compile` builds kernels with a C++ compiler on CPU and with Triton on GPUs. Building one for a
-    two-operation function, with the kernel cache off so the toolchain really runs, turns a missing one
-    into a one-line error before the run folder is touched instead of a traceback at the first step."""
-    from torch._dynamo.exc import BackendCompilerFailed  # here: slow to import, and only --compile needs it
+@contextlib.contextmanager
+def fresh_kernel_cache() -> Iterator[None]:
+    """torch.compile's on-disk kernel caches in an empty temporary folder, so that compiling builds."""
+    before = {name: os.environ.get(name) for name in KERNEL_CACHE_VARIABLES}
+    with tempfile.TemporaryDirectory(prefix="tstool-kernels-") as folder:
+        os.environ.update({name: os.path.join(folder, name.lower()) for name in KERNEL_CACHE_VARIABLES})
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
-    probe = torch.compile(lambda t: t * 2 + 1, options={"fx_graph_cache": False})
+
+@functools.cache  # the toolchain does not change within a process
+def check_compile(device: torch.device) -> None:
+    """`--compile` builds kernels with a C++ compiler on CPU and with Triton on CUDA. Building one for a
+    two-operation function in an empty kernel cache, so that the toolchain really runs, turns a missing
+    one into a one-line error before the run folder is touched instead of a traceback at the first step."""
+    from torch._dynamo.exc import ShortenTraceback  # here: slow to import, and only --compile needs it
+
     try:
-        probe(torch.zeros(4, device=device))
-    except BackendCompilerFailed as error:
-        cause = next(line for line in str(error).splitlines() if line.strip())
+        with fresh_kernel_cache():
+            torch.compile(lambda t: t * 2 + 1)(torch.zeros(4, device=device))
+    except ShortenTraceback as error:  # compile failures: BackendCompilerFailed wraps most, TritonMissing not
+        cause = getattr(error, "inner_exception", None) or error
+        first_line = next((line for line in str(cause).splitlines() if line.strip()), "")
         tool = COMPILE_TOOLCHAINS.get(device.type, "the toolchain it names")
         raise DeviceError(
-            f"--compile cannot build kernels on {device.type} ({cause}): install {tool}, or train without --compile"
+            f"--compile cannot build kernels on {device.type} ({type(cause).__name__}: {first_line}): "
+            f"install {tool}, or train without --compile"
         ) from None
 
 

@@ -92,10 +92,10 @@ class Trainer:
         keep_freed_memory()
         device = resolve_device(tc.device)
         check_dtype(device, tc.dtype)
-        if tc.compile:
-            check_compile(device)
         self.ddp = init_distributed(device)
         self.device = process_device(device, self.ddp)
+        if tc.compile:
+            check_compile(self.device)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.articles: ArticleSet = resolve_articles(
             self.tokenizer, cfg.articles, require_single=tc.article_weight != 1.0
