@@ -14,7 +14,7 @@ import resource, sys, torch
 import torch.nn.functional as F
 from tstool.config import ModelConfig
 from tstool.model import TinyLlama
-from tstool.runtime import fresh_kernel_cache, keep_freed_memory
+from tstool.runtime import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.manual_seed(0)
