@@ -70,10 +70,19 @@ class Timings(dict[str, list[float]]):
     def median(self, side: str) -> float:
         return statistics.median(self[side])
 
+    def ratios(self, numerator: str, denominator: str) -> list[float]:
+        """numerator/denominator time of each round. The two calls of a round ran back to back, under
+        the same load, so these are steadier on a busy machine than a ratio of medians."""
+        return [a / b for a, b in zip(self[numerator], self[denominator], strict=True)]
+
     def ratio(self, numerator: str, denominator: str) -> float:
-        """Median over rounds of numerator/denominator time. The two calls of a round ran back to back,
-        under the same load, so this is steadier on a busy machine than a ratio of medians."""
-        return statistics.median(a / b for a, b in zip(self[numerator], self[denominator], strict=True))
+        """Median over rounds of numerator/denominator time."""
+        return statistics.median(self.ratios(numerator, denominator))
+
+    def ratio_quartiles(self, numerator: str, denominator: str) -> tuple[float, float]:
+        """First and third quartile of the rounds' ratios: how far one round's ratio strays."""
+        first, _, third = statistics.quantiles(self.ratios(numerator, denominator), n=4)
+        return first, third
 
 
 def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timings:

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from bench import (
     Result,
+    Timings,
     batch,
     devices,
     hf_forward,
@@ -55,10 +56,17 @@ def first_call_seconds(step: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+def quartiles(seconds: Timings, numerator: str, denominator: str) -> str:
+    first, third = seconds.ratio_quartiles(numerator, denominator)
+    return f"{first:.3f}–{third:.3f}"
+
+
 def run(console: Console) -> Result:
     tok = tokenizer()
     title = "train_vs_hf: training step (forward, backward, AdamW)"
-    report = table(title, "case", "tokens", "tstool tok/s", "HF tok/s", "tstool/HF (paired median)")
+    report = table(
+        title, "case", "tokens", "tstool tok/s", "HF tok/s", "tstool/HF (paired median)", "rounds' quartiles"
+    )
     ratios, notes = [], []
     # An empty kernel cache, so that the first compiled step compiles, as on a first run.
     with tempfile.TemporaryDirectory() as tmp, fresh_kernel_cache():
@@ -89,6 +97,7 @@ def run(console: Console) -> Result:
                         f"{tokens / seconds.median('tstool'):,.0f}",
                         f"{tokens / seconds.median('hf'):,.0f}",
                         f"[{'green' if ratio >= TARGET else 'red'}]{ratio:.3f}",
+                        quartiles(seconds, "hf", "tstool"),
                     )
                     if compiled:
                         report.add_row(
@@ -97,6 +106,7 @@ def run(console: Console) -> Result:
                             f"{tokens / seconds.median('tstool compiled'):,.0f}",
                             f"{tokens / seconds.median('hf compiled'):,.0f}",
                             f"[dim]{seconds.ratio('hf compiled', 'tstool compiled'):.3f}",
+                            quartiles(seconds, "hf compiled", "tstool compiled"),
                         )
                         notes.append(
                             f"{case}: compiling made a step {seconds.ratio('tstool', 'tstool compiled'):.2f}x "

@@ -31,3 +31,15 @@ def test_aten_calls_count_the_article_breakdown() -> None:
         logits = model(x)
     plain, weighted = aten_calls(plain_loss, logits, y), aten_calls(article_loss(tok, torch.device("cpu")), logits, y)
     assert 5 <= plain < weighted
+
+
+def test_ratio_quartiles_show_how_far_single_rounds_stray() -> None:
+    steady = Timings({"hf": [1.00, 1.01, 0.99, 1.00, 1.02, 0.98], "tstool": [1.0] * 6})
+    noisy = Timings({"hf": [1.00, 1.30, 0.70, 1.00, 1.40, 0.60], "tstool": [1.0] * 6})
+    assert steady.ratio("hf", "tstool") == noisy.ratio("hf", "tstool")  # the median alone cannot tell them apart
+    spreads = []
+    for times in (steady, noisy):
+        first, third = times.ratio_quartiles("hf", "tstool")
+        assert first <= times.ratio("hf", "tstool") <= third
+        spreads.append(third - first)
+    assert spreads[1] > 10 * spreads[0]
