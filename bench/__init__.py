@@ -85,6 +85,13 @@ class Timings(dict[str, list[float]]):
         return first, third
 
 
+def first_call_seconds(call: Callable[[], object]) -> float:
+    """Runs `call` once and returns its time: a first step, which pays one-time work (compiling, capture)."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timings:
     """Time the sides in turns (A B A B ...), `repeats` rounds after `warmup` untimed ones, so that
     load on the machine, which drifts, hits every side alike. Each callable finishes its own device work."""

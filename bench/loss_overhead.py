@@ -10,8 +10,6 @@ Value: tstool step time / plain step time.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from rich.console import Console
 
@@ -22,6 +20,7 @@ from bench import (
     article_loss,
     batch,
     devices,
+    first_call_seconds,
     interleaved,
     model_config,
     plain_loss,
@@ -80,9 +79,7 @@ def measure(device: torch.device, console: Console) -> float:
     losses[f"naive loop over {len(ids)} IDs"] = naive_loss(ids, ARTICLE_WEIGHT)
     steps = {name: train_step(model, model, x, y, DTYPE, loss) for name, loss in losses.items()}
     steps[plain]()  # the device's own start-up, so that the next step times only tstool's first
-    started = time.perf_counter()
-    steps[tstool]()  # on CUDA, includes capturing the loss's graph
-    first_step = time.perf_counter() - started
+    first_step = first_call_seconds(steps[tstool])  # on CUDA, includes capturing the loss's graph
     seconds = interleaved(steps, REPEATS[device.type])
     title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}"
     report = table(title, "loss", "ms/step (median)", "vs plain (paired median)", "ATen calls (loss fwd+bwd)")

@@ -12,8 +12,6 @@ how long the first, compiling step takes. Those rows are shown, not part of the 
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ from bench import (
     Timings,
     batch,
     devices,
+    first_call_seconds,
     hf_forward,
     hf_twin,
     interleaved,
@@ -47,13 +46,6 @@ REPEATS = {"fp32": 25, "bf16": 5}
 TARGET = 1.0
 COMPILED = ("cpu", "fp32")  # (device type, dtype) also timed with both models compiled
 COMPILED_SIDES = ("tstool compiled", "hf compiled")
-
-
-def first_call_seconds(step: Callable[[], None]) -> float:
-    """Runs one step and returns its time: for a compiled model, mostly compiling."""
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
 
 
 def quartiles(seconds: Timings, numerator: str, denominator: str) -> str:
