@@ -31,6 +31,9 @@ from tstool.tokenizer import TextTokenizer, load_tokenizer
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits, targets -> scalar loss
+# hidden states (B, T, d), head weight (V, d), targets -> scalar loss: the head and the loss, as tstool trains
+HeadLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # tokens, targets -> scalar loss, under autocast
 ARTICLE_WEIGHT = 5.0
 
 
@@ -85,8 +88,8 @@ class Timings(dict[str, list[float]]):
         return first, third
 
 
-def first_call_seconds(call: Callable[[], object]) -> float:
-    """Runs `call` once and returns its time: a first step, which pays one-time work (compiling, capture)."""
+def one_call_seconds(call: Callable[[], object]) -> float:
+    """Runs `call` once and returns its time, such as a first step's, which pays one-time work (compiling, capture)."""
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
@@ -173,40 +176,71 @@ def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
+def on_logits(loss: LossFn) -> HeadLoss:
+    """`loss` on the whole logits of the head, formed first as a model's forward would."""
+    return lambda hidden, weight, targets: loss(F.linear(hidden, weight), targets)
+
+
 def article_loss(
-    tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT, cuda_graphs: bool = True
-) -> LossFn:
-    """tstool's training loss (`ArticleLoss`): weighted CE with the article weight table, and its article
-    breakdown."""
+    tok: TextTokenizer,
+    device: torch.device,
+    weight: float = ARTICLE_WEIGHT,
+    cuda_graphs: bool = True,
+    whole_logits: bool = False,
+) -> HeadLoss:
+    """tstool's training loss (`ArticleLoss.from_hidden`: the head, then weighted CE with the article
+    weight table, and its article breakdown); with `whole_logits`, `ArticleLoss` on the head's logits."""
     articles = resolve_articles(tok, ArticleConfig(), require_single=True)
     tables = LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
-    article_loss = ArticleLoss(tables, cuda_graphs=cuda_graphs)
+    loss = ArticleLoss(tables, cuda_graphs=cuda_graphs)
 
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        parts = article_loss(logits, targets)
+    def head_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        parts = (
+            loss(F.linear(hidden, head_weight), targets)
+            if whole_logits
+            else loss.from_hidden(hidden, head_weight, targets)
+        )
         return parts.weighted_sum / parts.weight_sum.float()  # float32, as training scales it
 
-    return loss
+    return head_loss
+
+
+def on_hidden(model: TinyLlama, loss: HeadLoss, forward: nn.Module | None = None) -> BatchLoss:
+    """The batch loss of tstool's model as `tstool train` computes it: the hidden states from `forward`
+    (default: the model; or a compiled one), then `loss` applies the tied head."""
+    forward = forward or model
+    return lambda x, y: loss(forward(x, head=False), model.lm_head.weight, y)
+
+
+def tstool_loss(
+    model: TinyLlama,
+    tok: TextTokenizer,
+    weight: float = ARTICLE_WEIGHT,
+    forward: nn.Module | None = None,
+    whole_logits: bool = False,
+) -> BatchLoss:
+    """tstool's training loss on its model's batches, at `weight` (`article_loss`)."""
+    loss = article_loss(tok, model.lm_head.weight.device, weight, whole_logits=whole_logits)
+    return on_hidden(model, loss, forward)
+
+
+def hf_loss(forward: Forward) -> BatchLoss:
+    """Plain CE on a Hugging Face model's logits, as its Trainer computes it."""
+    return lambda x, y: plain_loss(forward(x), y)
 
 
 def train_step(
-    model: nn.Module,
-    forward: Forward,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    dtype: str,
-    loss: LossFn = plain_loss,
-    train: TrainConfig | None = None,
+    model: nn.Module, loss: BatchLoss, x: torch.Tensor, y: torch.Tensor, dtype: str, train: TrainConfig | None = None
 ) -> Callable[[], None]:
-    """One optimizer step as tstool trains: autocast forward, loss, backward, and the optimizer of
+    """One optimizer step as tstool trains: the loss under autocast, backward, and the optimizer of
     `train` (default: tstool's fused AdamW)."""
     device = x.device
     optimizer = build_optimizer(model, train or TrainConfig(), device)
 
     def step() -> None:
         with autocast(device, dtype):
-            logits = forward(x)
-        loss(logits, y).backward()
+            value = loss(x, y)
+        value.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)

@@ -18,7 +18,6 @@ from rich.console import Console
 
 from bench import (
     Result,
-    article_loss,
     batch,
     interleaved,
     model_config,
@@ -26,6 +25,7 @@ from bench import (
     threads_note,
     tokenizer,
     train_step,
+    tstool_loss,
     tstool_model,
 )
 from tstool.runtime import keep_freed_memory
@@ -45,7 +45,7 @@ def step_seconds(mode: str) -> float:
     cfg = model_config(PRESET)
     x, y = batch(tok.vocab_size, BATCH, cfg.max_seq_len, device)
     model = tstool_model(cfg, tok.vocab_size, device)
-    step = train_step(model, model, x, y, "fp32", article_loss(tok, device))
+    step = train_step(model, tstool_loss(model, tok), x, y, "fp32")
     return interleaved({"step": step}, STEPS, warmup=WARMUP).median("step")
 
 

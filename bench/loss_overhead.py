@@ -1,11 +1,13 @@
 """Cost of the article-weighted loss in a full training step, against plain F.cross_entropy.
 
-Steps on the same model and batch, timed in turns: plain mean CE; tstool's training loss
-(`ArticleLoss`: weighted CE with article weight 5, plus its article/other breakdown), which on CUDA
-replays a CUDA graph (there also run eagerly, to show what the graph buys); and, for contrast, a naive
-version that builds the article mask with a Python loop over article IDs. Each loss's ATen operator
-calls are counted too, the cost that matters where launches bound a step.
-Value: tstool step time / plain step time.
+Steps on the same model and batch, timed in turns, each loss taking the model's hidden states and
+applying the tied head itself: plain mean CE on the head's logits; tstool's training loss
+(`ArticleLoss.from_hidden`: weighted CE with article weight 5, plus its article/other breakdown), which
+on the CPU never forms the whole logits (there also on the whole logits, to show what the loss itself
+costs) and on CUDA replays a CUDA graph (there also run eagerly, to show what the graph buys); and, for
+contrast, a naive version that builds the article mask with a Python loop over article IDs. Each
+loss's ATen operator calls, with the head's, are counted too, the cost that matters where launches
+bound a step. Value: tstool step time / plain step time.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from rich.console import Console
 
 from bench import (
     ARTICLE_WEIGHT,
+    HeadLoss,
     LossFn,
     Result,
     article_loss,
     batch,
     devices,
-    first_call_seconds,
     interleaved,
     model_config,
+    on_hidden,
+    on_logits,
+    one_call_seconds,
     plain_loss,
     table,
     threads_note,
@@ -56,12 +61,13 @@ def naive_loss(article_ids: list[int], weight: float) -> LossFn:
     return loss
 
 
-def aten_calls(loss: LossFn, logits: torch.Tensor, targets: torch.Tensor) -> int:
-    """ATen operator calls, nested ones included, of one forward and backward of `loss` alone: on a GPU
-    whose step is bound by kernel launches rather than arithmetic, this count is what a loss costs."""
-    logits = logits.detach().requires_grad_()
+def aten_calls(loss: HeadLoss, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> int:
+    """ATen operator calls, nested ones included, of one forward and backward of the head and `loss`
+    alone: on a GPU whose step is bound by kernel launches rather than arithmetic, this count is what
+    a loss costs."""
+    hidden, weight = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        loss(logits, targets).backward()
+        loss(hidden, weight, targets).backward()
     return sum(event.name.startswith("aten::") for event in profiler.events())
 
 
@@ -73,20 +79,22 @@ def measure(device: torch.device, console: Console) -> float:
     x, y = batch(tok.vocab_size, BATCH[device.type], cfg.max_seq_len, device)
     ids = resolve_articles(tok, ArticleConfig(), require_single=True).ids
     plain, tstool = "plain F.cross_entropy", f"tstool weighted (w={ARTICLE_WEIGHT:g})"
-    losses = {plain: plain_loss, tstool: article_loss(tok, device)}
+    losses = {plain: on_logits(plain_loss), tstool: article_loss(tok, device)}
+    if device.type == "cpu":  # what the loss costs on the same logits as plain CE's
+        losses[f"{tstool}, on whole logits"] = article_loss(tok, device, whole_logits=True)
     if device.type == "cuda":  # what the CUDA graph buys: the same loss, launched op by op
         losses[f"{tstool}, eager"] = article_loss(tok, device, cuda_graphs=False)
-    losses[f"naive loop over {len(ids)} IDs"] = naive_loss(ids, ARTICLE_WEIGHT)
-    steps = {name: train_step(model, model, x, y, DTYPE, loss) for name, loss in losses.items()}
+    losses[f"naive loop over {len(ids)} IDs"] = on_logits(naive_loss(ids, ARTICLE_WEIGHT))
+    steps = {name: train_step(model, on_hidden(model, loss), x, y, DTYPE) for name, loss in losses.items()}
     steps[plain]()  # the device's own start-up, so that the next step times only tstool's first
-    first_step = first_call_seconds(steps[tstool])  # on CUDA, includes capturing the loss's graph
+    first_step = one_call_seconds(steps[tstool])  # on CUDA, includes capturing the loss's graph
     seconds = interleaved(steps, REPEATS[device.type])
     title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}"
-    report = table(title, "loss", "ms/step (median)", "vs plain (paired median)", "ATen calls (loss fwd+bwd)")
+    report = table(title, "loss", "ms/step (median)", "vs plain (paired median)", "ATen calls (head+loss fwd+bwd)")
     with torch.no_grad():
-        logits = model(x)
+        hidden = model(x, head=False)
     for name, loss in losses.items():
-        calls = aten_calls(loss, logits, y)
+        calls = aten_calls(loss, hidden, model.lm_head.weight, y)
         report.add_row(name, f"{seconds.median(name) * 1e3:.1f}", f"{seconds.ratio(name, plain):.3f}", f"{calls}")
     console.print(report)
     if device.type == "cuda":

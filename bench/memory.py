@@ -1,9 +1,13 @@
-"""Peak resident memory of a training step per preset, each in a fresh process.
+"""Peak resident memory of a training step per preset, each in a fresh process, with tstool's loss
+and, side by side, with the same loss on whole logits.
 
-A child process (`python -m bench.memory PRESET`) builds the preset's model, a batch of the preset's
-batch size and sequence length, and runs two full steps (tstool loss, fused AdamW; the second has
-optimizer state), then reports its peak resident set (see `peak_rss_mb`). The start-up figure
-(imports, before the model) is reported beside it. There is no target: value is the largest peak, for tracking.
+A child process (`python -m bench.memory PRESET TOKENIZER LOSS`) builds the preset's model, a batch of
+the preset's batch size and sequence length, and runs two full steps (article loss, fused AdamW; the
+second has optimizer state, and is timed), then reports its peak resident set (see `peak_rss_mb`). LOSS is `tstool`
+(`ArticleLoss.from_hidden`, which never forms the whole logits on the CPU) or `whole` (the head's
+logits, then `ArticleLoss`). Besides the presets with the shipped tokenizer, `small` runs with GPT-2's
+50,257-token vocabulary, where the logits dominate. The start-up figure (imports, before the model) is
+reported beside it. There is no target: value is the largest peak with tstool's loss, for tracking.
 """
 
 from __future__ import annotations
@@ -17,10 +21,18 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from bench import Result, article_loss, batch, table, threads_note, tokenizer, train_step, tstool_model
+from bench import Result, batch, one_call_seconds, table, threads_note, train_step, tstool_loss, tstool_model
 from tstool.config import resolve
+from tstool.tokenizer import load_tokenizer
 
-PRESETS = ("debug", "tiny", "small")
+GPT2 = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gpt2"  # the real GPT-2 vocab and merges
+CASES = {  # name: (preset, tokenizer; None is the shipped one)
+    "debug": ("debug", None),
+    "tiny": ("tiny", None),
+    "small": ("small", None),
+    "small, GPT-2 vocabulary": ("small", GPT2),
+}
+LOSSES = ("tstool", "whole")
 
 
 def peak_rss_mb() -> float:
@@ -35,40 +47,51 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS, the other /proc-less OS
 
 
-def measure(preset: str) -> dict[str, float]:
+def measure(preset: str, tokenizer: Path | None, loss: str) -> dict[str, float]:
     """In this process: RSS after imports, then peak RSS over two training steps of `preset`."""
     start = peak_rss_mb()
-    tok, device, cfg = tokenizer(), torch.device("cpu"), resolve(preset)
+    tok, device, cfg = load_tokenizer(tokenizer), torch.device("cpu"), resolve(preset)
     model = tstool_model(cfg.model, tok.vocab_size, device)
     x, y = batch(tok.vocab_size, cfg.train.batch_size, cfg.model.max_seq_len, device)
-    step = train_step(model, model, x, y, cfg.train.dtype, article_loss(tok, device))
+    step = train_step(model, tstool_loss(model, tok, whole_logits=loss == "whole"), x, y, cfg.train.dtype)
     step()
-    step()
-    return {"startup_mb": start, "peak_mb": peak_rss_mb(), "tokens": x.numel(), "parameters": model.num_parameters()}
+    seconds = one_call_seconds(step)
+    return {
+        "startup_mb": start,
+        "peak_mb": peak_rss_mb(),
+        "seconds": seconds,
+        "tokens": x.numel(),
+        "parameters": model.num_parameters(),
+    }
+
+
+def child(preset: str, tokenizer: Path | None, loss: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "bench.memory", preset, str(tokenizer or ""), loss]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
 def run(console: Console) -> Result:
-    title = "memory: peak RSS of a training step (fresh process per preset)"
-    report = table(title, "preset", "params", "tokens/step", "start-up MB", "peak MB", "step MB")
+    title = "memory: peak RSS of a training step (fresh process per case and loss)"
+    report = table(title, "case", "params", "tokens/step", "start-up MB", "peak MB", "step MB", "whole logits: peak MB")
     peaks = []
-    for preset in PRESETS:
-        child = subprocess.run(
-            [sys.executable, "-m", "bench.memory", preset], check=True, capture_output=True, text=True
-        )
-        found = json.loads(child.stdout.strip().splitlines()[-1])
-        peaks.append(found["peak_mb"])
+    for name, (preset, tokenizer) in CASES.items():
+        found = {loss: child(preset, tokenizer, loss) for loss in LOSSES}
+        ours = found["tstool"]
+        peaks.append(ours["peak_mb"])
         report.add_row(
-            preset,
-            f"{found['parameters']:,}",
-            f"{found['tokens']:,}",
-            f"{found['startup_mb']:.0f}",
-            f"{found['peak_mb']:.0f}",
-            f"{found['peak_mb'] - found['startup_mb']:.0f}",
+            name,
+            f"{ours['parameters']:,}",
+            f"{ours['tokens']:,}",
+            f"{ours['startup_mb']:,.0f}",
+            f"{ours['peak_mb']:,.0f}",
+            f"{ours['peak_mb'] - ours['startup_mb']:,.0f}",
+            f"{ours['seconds']:.2f}",
+            f"{found['whole']['peak_mb']:,.0f}, {found['whole']['seconds']:.2f}",
         )
     console.print(report)
     threads_note(console)
-    return Result("memory", max(peaks), "MB (peak RSS, largest preset)", None, True)
+    return Result("memory", max(peaks), "MB (peak RSS, largest case)", None, True)
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1])))
+    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]) if sys.argv[2] else None, sys.argv[3])))

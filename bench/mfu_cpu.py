@@ -18,7 +18,6 @@ from rich.console import Console
 
 from bench import (
     Result,
-    article_loss,
     batch,
     interleaved,
     model_config,
@@ -26,6 +25,7 @@ from bench import (
     threads_note,
     tokenizer,
     train_step,
+    tstool_loss,
     tstool_model,
 )
 from tstool.config import ModelConfig
@@ -75,7 +75,7 @@ def run(console: Console) -> Result:
     mfu = {}
     for dtype in DTYPES:
         square = peak_matmul_flops(device, dtype, repeats=2)
-        step = train_step(model, model, x, y, dtype, article_loss(tok, device))
+        step = train_step(model, tstool_loss(model, tok), x, y, dtype)
         seconds = interleaved({"step": step}, REPEATS).median("step")
         torch_dtype = AUTOCAST_DTYPES.get(dtype, torch.float32)
         shapes = gemm_shapes(cfg, tok.vocab_size, x.numel())

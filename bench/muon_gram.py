@@ -16,13 +16,13 @@ from rich.console import Console
 
 from bench import (
     Result,
-    article_loss,
     batch,
     interleaved,
     table,
     threads_note,
     tokenizer,
     train_step,
+    tstool_loss,
     tstool_model,
 )
 from tstool.config import resolve
@@ -53,7 +53,7 @@ def run(console: Console) -> Result:
         sides[f"{name} Gram"] = lambda s=stack: orthogonalise(s, torch.float32)
     seconds = interleaved(sides, REPEATS, warmup=2)
     x, y = batch(tok.vocab_size, cfg.train.batch_size, cfg.model.max_seq_len, device)
-    step = train_step(model, model, x, y, "fp32", article_loss(tok, device), cfg.train)
+    step = train_step(model, tstool_loss(model, tok), x, y, "fp32", cfg.train)
     step_s = interleaved({"step": step}, 5, warmup=2).median("step")
 
     title = f"muon_gram: Newton-Schulz on the {PRESET} preset's Muon updates (stacked per shape), fp32, cpu"

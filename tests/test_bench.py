@@ -4,7 +4,7 @@ import statistics
 
 import torch
 
-from bench import Timings, article_loss, batch, interleaved, plain_loss, tokenizer, tstool_model
+from bench import Timings, article_loss, batch, interleaved, on_logits, plain_loss, tokenizer, tstool_model
 from bench.loss_overhead import aten_calls
 from tstool.config import resolve
 
@@ -28,8 +28,10 @@ def test_aten_calls_count_the_article_breakdown() -> None:
     model = tstool_model(resolve("debug").model, tok.vocab_size, torch.device("cpu"))
     x, y = batch(tok.vocab_size, 2, 16, torch.device("cpu"))
     with torch.no_grad():
-        logits = model(x)
-    plain, weighted = aten_calls(plain_loss, logits, y), aten_calls(article_loss(tok, torch.device("cpu")), logits, y)
+        hidden = model(x, head=False)
+    weight = model.lm_head.weight
+    plain = aten_calls(on_logits(plain_loss), hidden, weight, y)
+    weighted = aten_calls(article_loss(tok, torch.device("cpu"), whole_logits=True), hidden, weight, y)
     assert 5 <= plain < weighted
 
 

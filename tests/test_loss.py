@@ -1,5 +1,6 @@
 import functools
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -235,13 +236,15 @@ def eager_sums_and_gradient(
     return parts.weighted_sum.detach(), parts.totals, leaf.grad
 
 
-def test_the_loss_and_its_gradient_in_one_pass_equal_autograd() -> None:
-    """The sequence a CUDA graph captures: the same sums, hits and ignored targets as the eager loss,
-    and the gradient autograd computes, written over the logits."""
+@pytest.mark.parametrize("every_row", [True, False])
+def test_the_loss_and_its_gradient_in_one_pass_equal_autograd(every_row: bool) -> None:
+    """The sequence a CUDA graph captures (every row) and the head's blocks run (article rows): the
+    same sums, hits and ignored targets as the eager loss, and the gradient autograd computes,
+    written over the logits."""
     logits, targets = batch()
     weighted_sum, totals, gradient = eager_sums_and_gradient(logits, targets, 5.0)
     buffer = logits.flatten(0, 1).clone()
-    one_pass_sum, one_pass_totals = loss._sums_and_gradient(buffer, targets.flatten(), tables(5.0), IGNORE)
+    one_pass_sum, one_pass_totals = loss._sums_and_gradient(buffer, targets.flatten(), tables(5.0), IGNORE, every_row)
     torch.testing.assert_close(one_pass_sum, weighted_sum)
     torch.testing.assert_close(one_pass_totals, totals)
     assert torch.equal(one_pass_totals[:, [COUNT, HITS]], totals[:, [COUNT, HITS]])
@@ -251,10 +254,11 @@ def test_the_loss_and_its_gradient_in_one_pass_equal_autograd() -> None:
 def captured_on_cpu(rows: int) -> loss._Captured:
     """The replay protocol of `ArticleLoss`, on static CPU buffers recomputed eagerly (no graph)."""
     logits, targets = torch.zeros(rows, VOCAB), torch.zeros(rows, dtype=torch.long)
-    outputs = loss._sums_and_gradient(logits.clone(), targets, tables(5.0), IGNORE)
+    outputs = loss._sums_and_gradient(logits.clone(), targets, tables(5.0), IGNORE, every_row=True)
 
     def replay() -> None:
-        for output, value in zip(outputs, loss._sums_and_gradient(logits, targets, tables(5.0), IGNORE), strict=True):
+        recomputed = loss._sums_and_gradient(logits, targets, tables(5.0), IGNORE, every_row=True)
+        for output, value in zip(outputs, recomputed, strict=True):
             output.copy_(value)
 
     return loss._Captured(replay, logits, targets, *outputs)
@@ -291,6 +295,71 @@ def test_article_loss_off_cuda_is_the_eager_loss() -> None:
     parts, eager = article_loss(logits.requires_grad_(), targets), weighted_cross_entropy(logits, targets, tables(5.0))
     assert torch.equal(parts.weighted_sum, eager.weighted_sum) and torch.equal(parts.totals, eager.totals)
     assert not article_loss.graphs
+
+
+def hidden_and_head(seed: int = 0, rows: int = 48, width: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden states (4, rows/4, width), a head (VOCAB, width) whose logits put some article targets
+    first, and `batch`'s targets with their articles and ignored positions."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(4, rows // 4, width, generator=gen)
+    head = torch.randn(VOCAB, width, generator=gen)
+    _, targets = batch(seed, (4, rows // 4))
+    head[targets[1, 0]] = 5 * hidden[1, 0] / hidden[1, 0].norm()  # an article target with the top logit
+    return hidden, head, targets
+
+
+def head_loss_and_gradients(
+    compute: Callable[[torch.Tensor, torch.Tensor], LossParts], hidden: torch.Tensor, head: torch.Tensor
+) -> list[torch.Tensor]:
+    hidden, head = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+    parts = compute(hidden, head)
+    (2 * parts.weighted_sum).backward()  # the upstream gradient scales both
+    return [parts.weighted_sum, parts.totals, hidden.grad, head.grad]
+
+
+def test_the_head_inside_the_loss_gives_the_numbers_of_whole_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 5 rows (the last one short) give whole logits' sums, hits and both gradients."""
+    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 5)
+    hidden, head, targets = hidden_and_head()
+    article_loss = loss.ArticleLoss(tables(5.0))
+    blocks = head_loss_and_gradients(lambda h, w: article_loss.from_hidden(h, w, targets), hidden, head)
+    whole = head_loss_and_gradients(
+        lambda h, w: weighted_cross_entropy(F.linear(h, w), targets, tables(5.0)), hidden, head
+    )
+    for ours, reference in zip(blocks, whole, strict=True):
+        torch.testing.assert_close(ours, reference)
+    totals = blocks[1]
+    assert torch.equal(totals[:, [COUNT, HITS]], whole[1][:, [COUNT, HITS]]) and totals[ARTICLE, HITS] >= 1
+
+
+def test_under_cpu_bf16_autocast_the_head_inside_the_loss_runs_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bf16 logits as the whole head's, so the same sums; float32 gradients for float32
+    leaves, equal up to bf16 rounding (the blocks' weight gradients add up in float32)."""
+    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 5)
+    hidden, head, targets = hidden_and_head()
+    article_loss = loss.ArticleLoss(tables(5.0))
+
+    def whole(h: torch.Tensor, w: torch.Tensor) -> LossParts:
+        logits = F.linear(h, w)
+        assert logits.dtype == torch.bfloat16
+        return weighted_cross_entropy(logits, targets, tables(5.0))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        blocks = head_loss_and_gradients(lambda h, w: article_loss.from_hidden(h, w, targets), hidden, head)
+        reference = head_loss_and_gradients(whole, hidden, head)
+    torch.testing.assert_close(blocks[:2], reference[:2])
+    for ours, theirs in zip(blocks[2:], reference[2:], strict=True):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2 * theirs.abs().max().item())
+
+
+def test_without_gradients_the_head_inside_the_loss_forms_the_logits() -> None:
+    hidden, head, targets = hidden_and_head()
+    article_loss = loss.ArticleLoss(tables(5.0))
+    with torch.no_grad():
+        parts = article_loss.from_hidden(hidden, head, targets)
+    eager = weighted_cross_entropy(F.linear(hidden, head), targets, tables(5.0))
+    assert torch.equal(parts.weighted_sum, eager.weighted_sum) and torch.equal(parts.totals, eager.totals)
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

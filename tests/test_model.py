@@ -57,6 +57,15 @@ def test_logits_are_causal_and_unshifted() -> None:
     assert not torch.allclose(before[:, 9], after[:, 9])  # position t sees its own token: no shift
 
 
+def test_without_the_head_the_model_gives_the_hidden_states_its_head_takes() -> None:
+    model = make_model()
+    idx = torch.randint(0, VOCAB, (2, 16))
+    with torch.no_grad():
+        hidden, logits = model(idx, head=False), model(idx)
+    assert hidden.shape == (2, 16, model.cfg.d_model)
+    assert torch.equal(model.lm_head(hidden), logits)
+
+
 def greedy(model: Model, prompt: torch.Tensor, steps: int, use_cache: bool) -> torch.Tensor:
     idx = prompt
     cache = model.new_cache() if use_cache else None

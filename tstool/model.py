@@ -1,7 +1,8 @@
 """A Llama-style decoder-only language model: RMSNorm, RoPE, SwiGLU, tied embeddings, SDPA attention.
 
-The model maps token IDs to logits and nothing else: it never shifts labels and never computes a
-loss (`tstool.loss` does). Read top-down: norm, rotary embedding, attention, MLP, block, model.
+The model maps token IDs to logits (or to the hidden states its head takes) and nothing else: it
+never shifts labels and never computes a loss (`tstool.loss` does). Read top-down: norm, rotary
+embedding, attention, MLP, block, model.
 
 Layout and Hugging Face export. Modules mirror `transformers.LlamaForCausalLM` except for two fused
 projections that make CPU training faster (one matmul instead of three, or two):
@@ -254,9 +255,14 @@ class TinyLlama(nn.Module):
             cache.pos += T
         return self.norm(x)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens idx (B, T); logits[:, t] depend on idx[:, :t+1] only."""
-        return self.lm_head(self.hidden_states(idx, cache))
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, head: bool = True) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens idx (B, T); logits[:, t] depend on idx[:, :t+1] only.
+
+        With head=False, the hidden states the head would take, for a loss that applies the head itself
+        (`ArticleLoss.from_hidden`): through forward, so that DDP and torch.compile wrappers see the call.
+        """
+        hidden = self.hidden_states(idx, cache)
+        return self.lm_head(hidden) if head else hidden
 
 
 Model = TinyLlama

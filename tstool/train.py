@@ -160,8 +160,7 @@ class Trainer:
 
     def _loss_parts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossParts:
         with autocast(self.device, self.cfg.train.dtype):
-            logits = model(x)
-        return self.loss(logits, y)
+            return self.loss.from_hidden(model(x, head=False), self.model.lm_head.weight, y)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
