@@ -208,7 +208,7 @@ def article_loss(
 def on_hidden(model: TinyLlama, loss: HeadLoss, forward: nn.Module | None = None) -> BatchLoss:
     """The batch loss of tstool's model as `tstool train` computes it: the hidden states from `forward`
     (default: the model; or a compiled one), then `loss` applies the tied head."""
-    forward = forward or model
+    forward = model if forward is None else forward
     return lambda x, y: loss(forward(x, head=False), model.lm_head.weight, y)
 
 

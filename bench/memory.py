@@ -72,7 +72,9 @@ def child(preset: str, tokenizer: Path | None, loss: str) -> dict[str, float]:
 
 def run(console: Console) -> Result:
     title = "memory: peak RSS of a training step (fresh process per case and loss)"
-    report = table(title, "case", "params", "tokens/step", "start-up MB", "peak MB", "step MB", "whole logits: peak MB")
+    whole = "whole logits: peak MB, 2nd step s"
+    columns = ("params", "tokens/step", "start-up MB", "peak MB", "step MB", "2nd step s", whole)
+    report = table(title, "case", *columns)
     peaks = []
     for name, (preset, tokenizer) in CASES.items():
         found = {loss: child(preset, tokenizer, loss) for loss in LOSSES}

@@ -4,7 +4,17 @@ import statistics
 
 import torch
 
-from bench import Timings, article_loss, batch, interleaved, on_logits, plain_loss, tokenizer, tstool_model
+from bench import (
+    Timings,
+    article_loss,
+    batch,
+    interleaved,
+    on_logits,
+    plain_loss,
+    tokenizer,
+    tstool_loss,
+    tstool_model,
+)
 from bench.loss_overhead import aten_calls
 from tstool.config import resolve
 
@@ -45,3 +55,14 @@ def test_ratio_quartiles_show_how_far_single_rounds_stray() -> None:
         assert first <= times.ratio("hf", "tstool") <= third
         spreads.append(third - first)
     assert spreads[1] > 10 * spreads[0]
+
+
+def test_tstools_side_of_train_vs_hf_computes_hfs_plain_loss_through_any_forward() -> None:
+    """At weight 1 tstool's loss, the head inside it, is the plain CE that HF's side computes on its
+    logits, whether the hidden states come from the model or from a wrapper of it (torch.compile)."""
+    tok = tokenizer()
+    model = tstool_model(resolve("debug").model, tok.vocab_size, torch.device("cpu"))
+    x, y = batch(tok.vocab_size, 2, 16, torch.device("cpu"))
+    expected = plain_loss(model(x), y)
+    for forward in (None, torch.compile(model, backend="eager")):
+        torch.testing.assert_close(tstool_loss(model, tok, weight=1.0, forward=forward)(x, y), expected)
