@@ -35,6 +35,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits, targets
 HeadLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # tokens, targets -> scalar loss, under autocast
 ARTICLE_WEIGHT = 5.0
+GPT2_TOKENIZER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gpt2"  # real GPT-2 vocab, merges
 
 
 @dataclass(frozen=True)

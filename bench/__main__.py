@@ -14,6 +14,7 @@ BENCHMARKS = (
     "train_vs_hf",
     "mfu_cpu",
     "loss_overhead",
+    "head_in_loss",
     "freed_memory",
     "muon_gram",
     "bf16_linear",

@@ -21,16 +21,25 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from bench import Result, batch, one_call_seconds, table, threads_note, train_step, tstool_loss, tstool_model
+from bench import (
+    GPT2_TOKENIZER,
+    Result,
+    batch,
+    one_call_seconds,
+    table,
+    threads_note,
+    train_step,
+    tstool_loss,
+    tstool_model,
+)
 from tstool.config import resolve
 from tstool.tokenizer import load_tokenizer
 
-GPT2 = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gpt2"  # the real GPT-2 vocab and merges
 CASES = {  # name: (preset, tokenizer; None is the shipped one)
     "debug": ("debug", None),
     "tiny": ("tiny", None),
     "small": ("small", None),
-    "small, GPT-2 vocabulary": ("small", GPT2),
+    "small, GPT-2 vocabulary": ("small", GPT2_TOKENIZER),
 }
 LOSSES = ("tstool", "whole")
 
