@@ -353,6 +353,42 @@ def test_under_cpu_bf16_autocast_the_head_inside_the_loss_runs_in_bf16(monkeypat
         torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2 * theirs.abs().max().item())
 
 
+@pytest.mark.parametrize("trained", ["both", "hidden", "head"])
+def test_the_head_inside_the_loss_computes_the_gradients_asked_for(
+    trained: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever of hidden states (here (N, d)) and head need a gradient, the head runs inside the loss
+    and gives whole logits' gradients for those, and none for the other."""
+    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 5)
+    hidden, head, targets = hidden_and_head()
+    hidden, targets = hidden.flatten(0, 1), targets.flatten()
+    article_loss = loss.ArticleLoss(tables(5.0))
+    results = []
+    for compute in (article_loss.from_hidden, lambda h, w, t: weighted_cross_entropy(F.linear(h, w), t, tables(5.0))):
+        h = hidden.clone().requires_grad_(trained in ("both", "hidden"))
+        w = head.clone().requires_grad_(trained in ("both", "head"))
+        weighted_sum = compute(h, w, targets).weighted_sum
+        weighted_sum.backward()
+        results.append((type(weighted_sum.grad_fn).__name__, h.grad, w.grad))
+    (path, *ours), (_, *reference) = results
+    assert path == "_HeadLossBackward"
+    for our_grad, reference_grad in zip(ours, reference, strict=True):
+        assert (our_grad is None) == (reference_grad is None)
+        if reference_grad is not None:
+            torch.testing.assert_close(our_grad, reference_grad)
+
+
+def test_the_head_inside_the_loss_refuses_a_second_derivative() -> None:
+    """Its backward is not differentiable: a gradient penalty must fail, not treat it as a constant."""
+    hidden, head, targets = hidden_and_head()
+    hidden.requires_grad_()
+    parts = loss.ArticleLoss(tables(5.0)).from_hidden(hidden, head, targets)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(parts.weighted_sum, hidden, create_graph=True)
+    (grad,) = torch.autograd.grad(parts.weighted_sum, hidden)  # a first derivative still works
+    assert grad.shape == hidden.shape
+
+
 def test_without_gradients_the_head_inside_the_loss_forms_the_logits() -> None:
     hidden, head, targets = hidden_and_head()
     article_loss = loss.ArticleLoss(tables(5.0))
@@ -407,8 +443,8 @@ def test_on_cuda_a_loss_that_cannot_be_captured_runs_eagerly_after_one_warning(
 ) -> None:
     real = loss._sums_and_gradient
 
-    def syncing(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
-        weighted_sum, totals = real(*args)
+    def syncing(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        weighted_sum, totals = real(*args, **kwargs)
         totals.sum().item()  # a host sync: not allowed while a stream is being captured
         return weighted_sum, totals
 

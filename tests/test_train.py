@@ -22,7 +22,7 @@ from tstool.data import load_corpus
 from tstool.metrics_log import read_metrics
 from tstool.packing import load_tokens
 from tstool.tokenizer import load_tokenizer
-from tstool.train import RunOptions, train
+from tstool.train import RunOptions, Trainer, train
 
 DEBUG = ["--config", "debug", "--no-live"]
 
@@ -287,6 +287,26 @@ def test_a_warning_in_the_first_step_is_a_run_event_and_training_goes_on(
     assert [e["message"] for e in events if e["event"] == "warning"] == [message]
     assert summary.step == 3
     assert [r["step"] for r in train_records(tmp_path / "run").values()] == [1, 2, 3]
+
+
+def test_training_through_blocks_of_the_head_follows_training_on_whole_logits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Micro-batches of 128 targets in blocks of 48 rows (the last one short), two per step: the same
+    losses, step by step, as the model's logits and the loss on them, which needs the trainer to hand
+    the loss the head weight itself, whose gradient then moves the model."""
+    cfg = resolve("debug", {"train.max_steps": 4, "train.log_interval": 1, "train.grad_accum": 2})
+    cfg.train.article_weight = 5.0
+    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 48)
+    train(cfg, RunOptions(out_dir=tmp_path / "blocks"))
+
+    def whole_logits(self: Trainer, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> loss.LossParts:
+        return self.loss(model(x), y)  # fp32: no autocast
+
+    monkeypatch.setattr(Trainer, "_loss_parts", whole_logits)
+    train(cfg, RunOptions(out_dir=tmp_path / "whole"))
+    blocks, whole = ([r["loss"] for r in train_records(tmp_path / name).values()] for name in ("blocks", "whole"))
+    assert len(blocks) == 4 and blocks == pytest.approx(whole, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ IDs: each target's category (other, article, ignored) and weight come from one l
 `LossTables`, and one `index_add_` sums CE, weight, count and top-1 hits per category. On a GPU, where
 a small model's step is bound by how many operations are launched, not by arithmetic, this count is
 what the breakdown costs (`python -m bench loss_overhead` prints it), so training there replays the
-whole loss from a CUDA graph (`ArticleLoss`).
+whole loss from a CUDA graph (`ArticleLoss`). Training on the CPU applies the output head inside the
+loss instead (`ArticleLoss.from_hidden`), a block of rows at a time, so that the whole logits are never
+formed.
 """
 
 from __future__ import annotations
@@ -218,10 +220,10 @@ def _sums_and_gradient(
     """`weighted_cross_entropy`'s two sums for float32 logits (N, V) and targets (N,), with the weighted
     sum's gradient written over `logits`: w (softmax - onehot(target)) row by row.
 
-    Computing the gradient here, not in autograd's backward, makes the loss one fixed sequence of
-    kernels, which `ArticleLoss` captures in a CUDA graph, and leaves the backward one multiplication.
-    `every_row` tests every row for a hit, in place, without the host sync that picking the article
-    rows takes (which a CUDA graph cannot hold); on the CPU, picking them is faster.
+    Computing the gradient here, not in autograd's backward, leaves the backward one multiplication,
+    and with `every_row` makes the loss one fixed sequence of kernels, which `ArticleLoss` captures in
+    a CUDA graph: every row is tested for a hit, in place, without the host sync and data-dependent
+    shapes of picking the article rows. On the CPU (`_HeadLoss`), picking them is faster.
     """
     weights, categories, safe_targets = _lookups(targets, tables, ignore_index)
     target_columns = safe_targets[:, None]
@@ -288,50 +290,67 @@ class _HeadLoss(torch.autograd.Function):
 
     No (N, V) tensor is ever whole: autograd keeps the gradients of hidden (N, d) and weight (V, d)
     instead of the logits, and the loss's float32 copies exist for one block at a time, so a step's
-    memory stops growing with batch x vocabulary. With GPT-2's 50,257 tokens a `small` step peaked at
-    2.7 GB instead of 7.0 GB (bench `memory`) and a `tiny` step was 1.2-1.3x as fast; with the shipped
-    4,096 tokens it takes about the same time (bench `head_in_loss`). The backward only scales the kept
-    gradients.
+    memory stops growing with batch x vocabulary. With GPT-2's 50,257 tokens a `tiny` step was
+    1.2-1.3x as fast as with whole logits; with the shipped 4,096 tokens it takes about the same time
+    (bench `head_in_loss`; peak memory in bench `memory`). The backward only scales the kept gradients.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, loss: ArticleLoss
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        tables: LossTables,
+        ignore_index: int,
+        dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (N, d), weight (V, d) and targets (N,); the products run in `dtype`."""
+        wants_hidden, wants_weight = ctx.needs_input_grad[:2]
+        device = hidden.device
+        weight_in_dtype = weight.to(dtype)
         # The CPU's bf16 product gradient @ weight is several times faster with weight transposed in
         # memory (`model._LinearBF16CPU`).
-        weight_for_grad = weight.t().contiguous().t() if weight.dtype == torch.bfloat16 else weight
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32)  # bf16 blocks add up in float32
-        weighted_sum = torch.zeros((), dtype=torch.float32)
-        totals = torch.zeros(2, 4, dtype=sums_dtype(hidden.device))
+        weight_for_grad = weight_in_dtype.t().contiguous().t() if dtype == torch.bfloat16 else weight_in_dtype
+        grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=device) if wants_hidden else None
+        # float32 whatever the dtype: the blocks' bf16 products add up without bf16 rounding
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=device) if wants_weight else None
+        weighted_sum = torch.zeros((), dtype=torch.float32, device=device)
+        totals = torch.zeros(2, 4, dtype=sums_dtype(device), device=device)
         for start in range(0, hidden.size(0), HEAD_BLOCK_ROWS):
             rows = slice(start, start + HEAD_BLOCK_ROWS)
-            block = hidden[rows]
-            logits = (block @ weight.t()).float()
-            block_sum, block_totals = _sums_and_gradient(
-                logits, targets[rows], loss.tables, loss.ignore_index, every_row=False
-            )
+            block = hidden[rows].to(dtype)
+            logits = (block @ weight_in_dtype.t()).float()
+            block_sum, block_totals = _sums_and_gradient(logits, targets[rows], tables, ignore_index, every_row=False)
             weighted_sum += block_sum
             totals += block_totals
-            gradient = logits.to(hidden.dtype)
-            torch.mm(gradient, weight_for_grad, out=grad_hidden[rows])
-            if gradient.dtype == grad_weight.dtype:
+            gradient = logits.to(dtype)
+            if grad_hidden is not None:
+                torch.mm(gradient, weight_for_grad, out=grad_hidden[rows])
+            if grad_weight is not None and dtype == torch.float32:
                 grad_weight.addmm_(gradient.t(), block)
-            else:
+            elif grad_weight is not None:
                 grad_weight += gradient.t() @ block
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(totals)
         return weighted_sum, totals
 
     @staticmethod
-    def backward(ctx: Any, grad_sum: torch.Tensor, _grad_totals: None) -> tuple[torch.Tensor, torch.Tensor, None, None]:
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_sum, grad_weight * grad_sum, None, None
+    def backward(ctx: Any, grad_sum: torch.Tensor, _grad_totals: None) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # backward with create_graph: the kept gradients are constants
+            raise RuntimeError(
+                "the loss with the head inside has no second derivative: for create_graph, form the logits "
+                "and call ArticleLoss on them"
+            )
+        # autograd casts each gradient to its input's dtype
+        grads = tuple(None if grad is None else grad * grad_sum for grad in ctx.saved_tensors)
+        return (*grads, None, None, None, None)
 
 
 class ArticleLoss:
-    """`weighted_cross_entropy` with fixed tables, as the training step calls it.
+    """`weighted_cross_entropy` with fixed tables, as the training step calls it: `from_hidden` on the
+    model's hidden states and tied head weight, which on the CPU never forms the whole logits
+    (`_HeadLoss`), and elsewhere forms them and calls the loss on them.
 
     On CUDA, with gradients on, the loss, its breakdown and its gradient are captured in a CUDA graph
     per batch shape and replayed: the breakdown's twenty-odd small kernels cost one launch, and the
@@ -355,22 +374,30 @@ class ArticleLoss:
         self.graphs: dict[tuple[torch.device, int, int], _Captured | None] = {}  # None: eager for that shape
 
     def from_hidden(self, hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> LossParts:
-        """The loss of the head's logits hidden @ head_weight^T, for hidden states (B, T, d) and targets
-        (B, T), under the caller's autocast.
+        """The loss of the head's logits hidden @ head_weight^T, for hidden states (..., d) and targets
+        of their leading shape, under the caller's autocast.
 
-        Training on the CPU goes through `_HeadLoss`, which never forms the logits. Elsewhere, and
-        without gradients, the logits are formed and passed to the loss as usual.
+        Training on the CPU goes through `_HeadLoss`, which never forms the whole logits. Elsewhere,
+        and without gradients, the logits are formed and passed to the loss as before.
         """
         device = hidden.device.type
-        if device == "cpu" and torch.is_grad_enabled() and hidden.requires_grad:
-            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-            with torch.autocast(device, enabled=False):
+        autocast = torch.is_autocast_enabled(device)
+        if device == "cpu" and torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
+            dtype = torch.get_autocast_dtype(device) if autocast else hidden.dtype
+            with torch.autocast(device, enabled=False):  # `_HeadLoss` casts for itself
                 weighted_sum, totals = _HeadLoss.apply(
-                    hidden.flatten(0, 1).to(dtype), head_weight.to(dtype), targets.flatten(), self
+                    hidden.reshape(-1, hidden.size(-1)),
+                    head_weight,
+                    targets.reshape(-1),
+                    self.tables,
+                    self.ignore_index,
+                    dtype,
                 )
             return LossParts(weighted_sum=weighted_sum, totals=totals)
         logits = F.linear(hidden, head_weight)
-        with torch.autocast(device, enabled=False):
+        if not autocast:
+            return self(logits, targets)
+        with torch.autocast(device, enabled=False):  # the loss runs in float32, outside autocast, as before
             return self(logits, targets)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> LossParts:

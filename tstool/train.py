@@ -159,6 +159,8 @@ class Trainer:
         return stream
 
     def _loss_parts(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossParts:
+        # The head weight is the embedding's, which the wrapped forward uses too, so DDP sees its
+        # gradient arrive once, both uses summed, whether or not the head runs inside that forward.
         with autocast(self.device, self.cfg.train.dtype):
             return self.loss.from_hidden(model(x, head=False), self.model.lm_head.weight, y)
 
