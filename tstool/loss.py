@@ -355,7 +355,7 @@ class ArticleLoss:
     On CUDA, with gradients on, the loss, its breakdown and its gradient are captured in a CUDA graph
     per batch shape and replayed: the breakdown's twenty-odd small kernels cost one launch, and the
     backward one multiplication. A small model's step on a GPU is bound by those launches: on an H100
-    the eager loss made `tiny`'s step 7-14% slower than plain CE, the replayed one 1-3% (bench
+    the eager loss made `tiny`'s step 7-14% slower than plain CE, the replayed one 1-5% (bench
     `loss_overhead`). Compiling the eager loss with torch.compile did not help (15%): its own calling
     overhead matched the launches it saved. A graph keeps two float32 (N, V) buffers (its input, which
     ends as the gradient, and the log-probabilities). The loss runs eagerly for shapes beyond the
