@@ -311,7 +311,8 @@ class _HeadLoss(torch.autograd.Function):
         weight_in_dtype = weight.to(dtype)
         # The CPU's bf16 product gradient @ weight is several times faster with weight transposed in
         # memory (`model._LinearBF16CPU`).
-        weight_for_grad = weight_in_dtype.t().contiguous().t() if dtype == torch.bfloat16 else weight_in_dtype
+        transposed = wants_hidden and dtype == torch.bfloat16
+        weight_for_grad = weight_in_dtype.t().contiguous().t() if transposed else weight_in_dtype
         grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=device) if wants_hidden else None
         # float32 whatever the dtype: the blocks' bf16 products add up without bf16 rounding
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=device) if wants_weight else None
