@@ -24,7 +24,7 @@ from torch import nn
 from tstool.articles import resolve_articles
 from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
 from tstool.loss import ArticleLoss, LossTables
-from tstool.model import TinyLlama
+from tstool.model import TinyLlama, linear
 from tstool.optim import build_optimizer
 from tstool.runtime import autocast
 from tstool.tokenizer import TextTokenizer, load_tokenizer
@@ -178,8 +178,8 @@ def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def on_logits(loss: LossFn) -> HeadLoss:
-    """`loss` on the whole logits of the head, formed first as a model's forward would."""
-    return lambda hidden, weight, targets: loss(F.linear(hidden, weight), targets)
+    """`loss` on the whole logits of the head, formed first as tstool's model forms them."""
+    return lambda hidden, weight, targets: loss(linear(hidden, weight), targets)
 
 
 def article_loss(
@@ -197,7 +197,7 @@ def article_loss(
 
     def head_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         parts = (
-            loss(F.linear(hidden, head_weight), targets)
+            loss(linear(hidden, head_weight), targets)
             if whole_logits
             else loss.from_hidden(hidden, head_weight, targets)
         )

@@ -47,6 +47,14 @@ class _LinearBF16CPU(torch.autograd.Function):
         return grad_x, grad_w
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x W^T as F.linear computes it, but through `_LinearBF16CPU` under CPU bf16 autocast."""
+    cpu_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if cpu_bf16 and x.device.type == "cpu":
+        return _LinearBF16CPU.apply(x.to(torch.bfloat16), weight.to(torch.bfloat16))
+    return F.linear(x, weight)
+
+
 class Linear(nn.Linear):
     """nn.Linear without bias whose backward avoids the CPU's slow bf16 layout under CPU bf16 autocast."""
 
@@ -54,10 +62,7 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cpu_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        if cpu_bf16 and x.device.type == "cpu":
-            return _LinearBF16CPU.apply(x.to(torch.bfloat16), self.weight.to(torch.bfloat16))
-        return F.linear(x, self.weight)
+        return linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
