@@ -23,7 +23,7 @@ from torch import nn
 
 from tstool.articles import resolve_articles
 from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
-from tstool.loss import ArticleLoss, LossTables
+from tstool.loss import ArticleLoss, LossParts, LossTables
 from tstool.model import TinyLlama, linear
 from tstool.optim import build_optimizer
 from tstool.runtime import autocast
@@ -195,15 +195,12 @@ def article_loss(
     tables = LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
     loss = ArticleLoss(tables, cuda_graphs=cuda_graphs)
 
-    def head_loss(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        parts = (
-            loss(linear(hidden, head_weight), targets)
-            if whole_logits
-            else loss.from_hidden(hidden, head_weight, targets)
-        )
+    def mean(parts: LossParts) -> torch.Tensor:
         return parts.weighted_sum / parts.weight_sum.float()  # float32, as training scales it
 
-    return head_loss
+    if whole_logits:
+        return on_logits(lambda logits, targets: mean(loss(logits, targets)))
+    return lambda hidden, head_weight, targets: mean(loss.from_hidden(hidden, head_weight, targets))
 
 
 def on_hidden(model: TinyLlama, loss: HeadLoss, forward: nn.Module | None = None) -> BatchLoss:

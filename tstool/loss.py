@@ -17,6 +17,7 @@ formed.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -396,9 +397,8 @@ class ArticleLoss:
                 )
             return LossParts(weighted_sum=weighted_sum, totals=totals)
         logits = F.linear(hidden, head_weight)
-        if not autocast:
-            return self(logits, targets)
-        with torch.autocast(device, enabled=False):  # the loss runs in float32, outside autocast, as before
+        # the loss runs in float32, outside autocast, as before
+        with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
             return self(logits, targets)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
