@@ -188,12 +188,13 @@ def article_loss(
     weight: float = ARTICLE_WEIGHT,
     cuda_graphs: bool = True,
     whole_logits: bool = False,
+    fused: bool = True,
 ) -> HeadLoss:
     """tstool's training loss (`ArticleLoss.from_hidden`: the head, then weighted CE with the article
     weight table, and its article breakdown); with `whole_logits`, `ArticleLoss` on the head's logits."""
     articles = resolve_articles(tok, ArticleConfig(), require_single=True)
     tables = LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
-    loss = ArticleLoss(tables, cuda_graphs=cuda_graphs)
+    loss = ArticleLoss(tables, cuda_graphs=cuda_graphs, fused=fused)
 
     def mean(parts: LossParts) -> torch.Tensor:
         return parts.weighted_sum / parts.weight_sum.float()  # float32, as training scales it

@@ -4,8 +4,9 @@ Steps on the same model and batch, timed in turns, each loss taking the model's 
 applying the tied head itself: plain mean CE on the head's logits; tstool's training loss
 (`ArticleLoss.from_hidden`: weighted CE with article weight 5, plus its article/other breakdown), which
 on the CPU never forms the whole logits (there also on the whole logits, to show what the loss itself
-costs) and on CUDA replays a CUDA graph (there also run eagerly, to show what the graph buys); and, for
-contrast, a naive version that builds the article mask with a Python loop over article IDs. Each
+costs) and on CUDA replays the head and the loss, in Triton, from a CUDA graph (there also the Triton
+kernels without a graph, the graph with ATen operations instead, and eager, to show what each buys);
+and, for contrast, a naive version that builds the article mask with a Python loop over article IDs. Each
 loss's ATen operator calls, with the head's, are counted too, the cost that matters where launches
 bound a step. Value: tstool step time / plain step time.
 """
@@ -82,12 +83,14 @@ def measure(device: torch.device, console: Console) -> float:
     losses = {plain: on_logits(plain_loss), tstool: article_loss(tok, device)}
     if device.type == "cpu":  # what the loss costs on the same logits as plain CE's
         losses[f"{tstool}, on whole logits"] = article_loss(tok, device, whole_logits=True)
-    if device.type == "cuda":  # what the CUDA graph buys: the same loss, launched op by op
-        losses[f"{tstool}, eager"] = article_loss(tok, device, cuda_graphs=False)
+    if device.type == "cuda":  # the default replays the Triton kernels from a CUDA graph; each alone:
+        losses[f"{tstool}, Triton, no graph"] = article_loss(tok, device, cuda_graphs=False)
+        losses[f"{tstool}, graph of ATen ops"] = article_loss(tok, device, fused=False)
+        losses[f"{tstool}, eager"] = article_loss(tok, device, cuda_graphs=False, fused=False)
     losses[f"naive loop over {len(ids)} IDs"] = on_logits(naive_loss(ids, ARTICLE_WEIGHT))
     steps = {name: train_step(model, on_hidden(model, loss), x, y, DTYPE) for name, loss in losses.items()}
     steps[plain]()  # the device's own start-up, so that the next step times only tstool's first
-    first_step = one_call_seconds(steps[tstool])  # on CUDA, includes capturing the loss's graph
+    first_step = one_call_seconds(steps[tstool])  # on CUDA, includes compiling the Triton kernels
     seconds = interleaved(steps, REPEATS[device.type])
     title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}"
     report = table(title, "loss", "ms/step (median)", "vs plain (paired median)", "ATen calls (head+loss fwd+bwd)")
@@ -98,7 +101,7 @@ def measure(device: torch.device, console: Console) -> float:
         report.add_row(name, f"{seconds.median(name) * 1e3:.1f}", f"{seconds.ratio(name, plain):.3f}", f"{calls}")
     console.print(report)
     if device.type == "cuda":
-        console.print(f"tstool's first step, including the loss's CUDA graph capture: {first_step * 1e3:.0f} ms")
+        console.print(f"tstool's first step, including compiling the loss's Triton kernels: {first_step * 1e3:.0f} ms")
     return seconds.ratio(tstool, plain)
 
 

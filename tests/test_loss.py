@@ -1,4 +1,4 @@
-import functools
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -8,7 +8,18 @@ import torch.nn.functional as F
 
 from tstool import loss
 from tstool.config import ModelConfig
-from tstool.loss import ARTICLE, CE, COUNT, HITS, OTHER, LossParts, LossTables, _article_hits, weighted_cross_entropy
+from tstool.loss import (
+    ARTICLE,
+    CE,
+    COUNT,
+    HITS,
+    OTHER,
+    WEIGHT,
+    LossParts,
+    LossTables,
+    _article_hits,
+    weighted_cross_entropy,
+)
 from tstool.model import Model
 
 VOCAB = 50
@@ -251,44 +262,6 @@ def test_the_loss_and_its_gradient_in_one_pass_equal_autograd(every_row: bool) -
     torch.testing.assert_close(buffer.view_as(gradient), gradient)
 
 
-def captured_on_cpu(rows: int) -> loss._Captured:
-    """The replay protocol of `ArticleLoss`, on static CPU buffers recomputed eagerly (no graph)."""
-    logits, targets = torch.zeros(rows, VOCAB), torch.zeros(rows, dtype=torch.long)
-    outputs = loss._sums_and_gradient(logits.clone(), targets, tables(5.0), IGNORE, every_row=True)
-
-    def replay() -> None:
-        recomputed = loss._sums_and_gradient(logits, targets, tables(5.0), IGNORE, every_row=True)
-        for output, value in zip(outputs, recomputed, strict=True):
-            output.copy_(value)
-
-    return loss._Captured(replay, logits, targets, *outputs)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_replayed_loss_gives_autograd_its_gradient_in_the_logits_dtype(dtype: torch.dtype) -> None:
-    logits, targets = batch()
-    logits = logits.to(dtype)
-    weighted_sum, totals, gradient = eager_sums_and_gradient(logits, targets, 5.0)
-    leaf = logits.clone().requires_grad_()
-    replayed_sum, replayed_totals = loss._ReplayedLoss.apply(leaf, targets, captured_on_cpu(targets.numel()))
-    assert not replayed_totals.requires_grad
-    (replayed_sum * 2).backward()  # the upstream gradient scales it
-    torch.testing.assert_close(replayed_sum, weighted_sum)
-    torch.testing.assert_close(replayed_totals, totals)
-    assert leaf.grad.dtype == dtype
-    torch.testing.assert_close(leaf.grad, 2 * gradient)
-
-
-def test_a_replayed_loss_refuses_a_backward_after_a_later_replay() -> None:
-    """The buffer holds only the latest batch's gradient: an earlier loss's backward would be wrong."""
-    captured = captured_on_cpu(48)
-    first_logits, targets = batch(seed=0)
-    first, _ = loss._ReplayedLoss.apply(first_logits.requires_grad_(), targets, captured)
-    loss._ReplayedLoss.apply(batch(seed=1)[0].requires_grad_(), targets, captured)
-    with pytest.raises(RuntimeError, match="ran again on a batch of this shape before this loss's backward"):
-        first.backward()
-
-
 def test_article_loss_off_cuda_is_the_eager_loss() -> None:
     logits, targets = batch()
     article_loss = loss.ArticleLoss(tables(5.0))
@@ -399,47 +372,233 @@ def test_without_gradients_the_head_inside_the_loss_forms_the_logits() -> None:
     assert torch.equal(parts.weighted_sum, eager.weighted_sum) and torch.equal(parts.totals, eager.totals)
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="the fused loss needs Triton (the dev extra installs it)"
+)
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter (set up in conftest.py).
+TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def replayed_and_eager(article_loss: loss.ArticleLoss, seed: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Weighted sum, totals and logits gradient from `article_loss`, then from the eager loss, on CUDA."""
-    logits, targets = (t.cuda() for t in batch(seed=seed))
+with_and_without_triton = pytest.mark.parametrize(
+    "fused", [pytest.param(True, marks=needs_triton), False], ids=["Triton kernels", "ATen operations"]
+)
+
+
+def captured_eagerly(dtype: torch.dtype, fused: bool, rows: int = 48, width: int = 16) -> loss._Captured:
+    """The replay protocol of `ArticleLoss.from_hidden` on CUDA, with static buffers on TRITON_DEVICE
+    recomputed eagerly (no graph): the head's products in `dtype`, the loss through Triton or ATen."""
+    hidden = torch.zeros(rows, width, dtype=dtype, device=TRITON_DEVICE)
+    weight = torch.zeros(VOCAB, width, dtype=dtype, device=TRITON_DEVICE)
+    targets = torch.zeros(rows, dtype=torch.long, device=TRITON_DEVICE)
+    inputs = (hidden, weight, targets, tables(5.0).to(TRITON_DEVICE), IGNORE, fused)
+    outputs = loss._head_sums_and_gradients(*inputs)
+
+    def replay() -> None:
+        for output, value in zip(outputs, loss._head_sums_and_gradients(*inputs), strict=True):
+            output.copy_(value)
+
+    return loss._Captured(replay, hidden, weight, targets, *outputs)
+
+
+def replayed(captured: loss._Captured, targets: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], LossParts]:
+    def compute(hidden: torch.Tensor, head: torch.Tensor) -> LossParts:
+        weighted_sum, totals = loss._ReplayedHeadLoss.apply(hidden.flatten(0, 1), head, targets.flatten(), captured)
+        return LossParts(weighted_sum, totals)
+
+    return compute
+
+
+@with_and_without_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_replayed_head_and_loss_give_the_numbers_and_gradients_of_whole_logits(
+    dtype: torch.dtype, fused: bool
+) -> None:
+    """What a CUDA graph replays, run eagerly: float32, or the products in bf16 as under autocast, with
+    float32 gradients for float32 leaves scaled by the upstream gradient."""
+    hidden, head, targets = (t.to(TRITON_DEVICE) for t in hidden_and_head())
+    captured = captured_eagerly(dtype, fused)
+    ours = head_loss_and_gradients(replayed(captured, targets), hidden, head)
+    with torch.autocast(TRITON_DEVICE.type, dtype=dtype, enabled=dtype != torch.float32):
+        reference = head_loss_and_gradients(
+            lambda h, w: weighted_cross_entropy(F.linear(h, w), targets, tables(5.0).to(TRITON_DEVICE)), hidden, head
+        )
+    assert captured.replays == 1 and not ours[1].requires_grad
+    torch.testing.assert_close(ours[:2], reference[:2])
+    assert torch.equal(ours[1][:, [COUNT, HITS]], reference[1][:, [COUNT, HITS]]) and ours[1][ARTICLE, HITS] >= 1
+    assert all(grad.dtype == torch.float32 for grad in ours[2:])
+    assert_gradients_close(ours[2:], reference[2:], dtype)
+
+
+def assert_gradients_close(ours: list[torch.Tensor], reference: list[torch.Tensor], dtype: torch.dtype) -> None:
+    """Up to float32 rounding (on a GPU, Triton's exp is its fast approximation, within ~1e-4 of the sum
+    of |terms|), or to bf16 rounding."""
+    for our_grad, reference_grad in zip(ours, reference, strict=True):
+        relative = 1e-4 if dtype == torch.float32 else 2e-2
+        tolerance = {"rtol": relative, "atol": relative * reference_grad.abs().max().item()}
+        torch.testing.assert_close(our_grad, reference_grad, **tolerance)
+
+
+def test_a_replayed_loss_refuses_a_backward_after_a_later_replay_and_a_second_derivative() -> None:
+    """The buffers hold only the latest batch's gradients: an earlier loss's backward would be wrong."""
+    hidden, head, targets = hidden_and_head()
+    captured = captured_eagerly(torch.float32, fused=False)
+    compute = replayed(captured, targets)
+    first = compute(hidden.requires_grad_(), head).weighted_sum
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(first, hidden, create_graph=True)
+    compute(hidden_and_head(seed=1)[0], head)
+    with pytest.raises(RuntimeError, match="ran again on a batch of this shape before this loss's backward"):
+        first.backward()
+
+
+def fused_and_eager(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Weighted sum, totals and logits gradient (upstream gradient 2) from the Triton kernels, then from
+    the eager loss, on TRITON_DEVICE."""
+    from tstool.fused_loss import FusedArticleLoss
+
+    logits, targets = logits.to(TRITON_DEVICE), targets.to(TRITON_DEVICE)
+    on_device = tables(5.0).to(TRITON_DEVICE)
     results = []
-    for compute in (article_loss, functools.partial(weighted_cross_entropy, tables=article_loss.tables)):
-        leaf = logits.to(dtype).clone().requires_grad_()
-        parts = compute(leaf, targets)
-        parts.weighted_sum.backward()
-        results += [parts.weighted_sum, parts.totals, leaf.grad]
+    for compute in (
+        lambda leaf: FusedArticleLoss.apply(leaf, targets.flatten(), on_device, ignore_index),
+        lambda leaf: astuple(weighted_cross_entropy(leaf, targets.flatten(), on_device, ignore_index)),
+    ):
+        leaf = logits.flatten(0, 1).clone().requires_grad_()
+        weighted_sum, totals = compute(leaf)
+        (2 * weighted_sum).backward()
+        results.append([weighted_sum, totals, leaf.grad])
+    return results[0], results[1]
+
+
+def astuple(parts: LossParts) -> tuple[torch.Tensor, torch.Tensor]:
+    return parts.weighted_sum, parts.totals
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_columns", [8192, 16])  # a row in one step; in four, the last one short
+def test_the_fused_loss_gives_the_eager_numbers(
+    dtype: torch.dtype, block_columns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sums, counts, hits and the gradient in the logits' dtype, for 21 rows (not a whole number of
+    programs) with ignored targets, article hits and misses."""
+    from tstool import fused_loss
+
+    monkeypatch.setattr(fused_loss, "MAX_BLOCK_COLUMNS", block_columns)
+    logits, targets = batch(shape=(3, 7))
+    (fused_sum, fused_totals, fused_grad), (eager_sum, eager_totals, eager_grad) = fused_and_eager(
+        logits.to(dtype), targets
+    )
+    assert fused_sum.dtype == torch.float32 and fused_totals.dtype == torch.float64 and fused_grad.dtype == dtype
+    torch.testing.assert_close(fused_sum, eager_sum)
+    torch.testing.assert_close(fused_totals, eager_totals)
+    assert torch.equal(fused_totals[:, [WEIGHT, COUNT, HITS]], eager_totals[:, [WEIGHT, COUNT, HITS]])
+    assert 1 <= fused_totals[ARTICLE, HITS] < fused_totals[ARTICLE, COUNT]
+    # bf16: the same float32 gradient, rounded once; an ulp apart where the softmax rounds differently
+    tolerance = {} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2 * eager_grad.abs().max().item()}
+    torch.testing.assert_close(fused_grad, eager_grad, **tolerance)
+    ignored_rows = targets.flatten() == IGNORE
+    assert ignored_rows.any() and not fused_grad[ignored_rows.to(TRITON_DEVICE)].any()
+
+
+@needs_triton
+def test_the_fused_hit_test_counts_ties_as_misses_across_column_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target tied by a logit in a later block of columns is a miss; alone on top, a hit."""
+    from tstool import fused_loss
+
+    monkeypatch.setattr(fused_loss, "MAX_BLOCK_COLUMNS", 16)
+    logits = torch.zeros(3, 1, VOCAB)
+    logits[:, 0, ARTICLES[0]] = 2.0
+    logits[0, 0, 40] = 2.0  # a tie, three blocks on
+    logits[2, 0, 41] = 3.0  # above the target
+    targets = torch.full((3, 1), ARTICLES[0])
+    (_, fused_totals, _), (_, eager_totals, _) = fused_and_eager(logits, targets)
+    assert fused_totals[ARTICLE, HITS] == eager_totals[ARTICLE, HITS] == 1
+
+
+@needs_triton
+@pytest.mark.parametrize("ignore_index", [-1, VOCAB, 20])
+def test_the_fused_loss_ignores_any_ignore_index(ignore_index: int) -> None:
+    """An ignore_index outside the vocabulary, or a token ID, counts nowhere and gets no gradient."""
+    logits, targets = batch()
+    targets = targets.masked_fill(targets == 20, 21).masked_fill(targets == IGNORE, ignore_index)
+    (fused_sum, fused_totals, fused_grad), (eager_sum, eager_totals, eager_grad) = fused_and_eager(
+        logits, targets, ignore_index
+    )
+    assert fused_totals[:, COUNT].sum() == 46
+    torch.testing.assert_close([fused_sum, fused_totals, fused_grad], [eager_sum, eager_totals, eager_grad])
+
+
+@needs_triton
+def test_the_fused_loss_refuses_a_second_derivative() -> None:
+    from tstool.fused_loss import FusedArticleLoss
+
+    logits, targets = (t.to(TRITON_DEVICE) for t in batch())
+    leaf = logits.flatten(0, 1).requires_grad_()
+    weighted_sum, _ = FusedArticleLoss.apply(leaf, targets.flatten(), tables(5.0).to(TRITON_DEVICE), IGNORE)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(weighted_sum, leaf, create_graph=True)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def on_cuda_and_whole_logits(article_loss: loss.ArticleLoss, dtype: torch.dtype, seed: int = 0, rows: int = 48) -> list:
+    """Weighted sum, totals and the gradients of hidden and head from `article_loss.from_hidden`, then
+    from whole logits and the eager loss; on CUDA, under autocast to `dtype` unless float32."""
+    hidden, head, targets = (t.cuda() for t in hidden_and_head(seed, rows))
+    results = []
+    for compute in (
+        lambda h, w: article_loss.from_hidden(h, w, targets),
+        lambda h, w: weighted_cross_entropy(F.linear(h, w), targets, article_loss.tables),
+    ):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            results.append(head_loss_and_gradients(compute, hidden, head))
     return results
 
 
+def assert_close_to_whole_logits(ours: list, reference: list, dtype: torch.dtype) -> None:
+    torch.testing.assert_close(ours[:2], reference[:2])
+    assert_gradients_close(ours[2:], reference[2:], dtype)
+
+
 @needs_cuda
+@with_and_without_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_on_cuda_the_loss_is_captured_once_per_shape_and_replays_the_eager_numbers(dtype: torch.dtype) -> None:
-    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
+def test_on_cuda_the_head_and_loss_are_captured_once_per_shape_and_replay_whole_logits_numbers(
+    dtype: torch.dtype, fused: bool
+) -> None:
+    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")), fused=fused)
     for seed in (0, 1):  # the capture, then a replay
-        replayed_sum, replayed_totals, replayed_grad, *eager = replayed_and_eager(article_loss, seed, dtype)
-        for replayed, reference in zip([replayed_sum, replayed_totals, replayed_grad], eager, strict=True):
-            torch.testing.assert_close(replayed, reference)
+        assert_close_to_whole_logits(*on_cuda_and_whole_logits(article_loss, dtype, seed), dtype)
     (key, captured), *_ = article_loss.graphs.items()
-    assert len(article_loss.graphs) == 1 and key[1:] == (48, VOCAB) and captured.replays == 2
-    for rows in range(1, 1 + 2 * loss.ArticleLoss.MAX_GRAPHS):  # more shapes than it keeps graphs for
-        logits, targets = (t.cuda() for t in batch(shape=(3, 5 + rows)))
-        article_loss(logits.requires_grad_(), targets).weighted_sum.backward()
+    assert len(article_loss.graphs) == 1 and key[1:] == (48, VOCAB, 16, dtype) and captured.replays == 2
+    assert article_loss.fused == fused
+    for rows in range(24, 24 + 8 * loss.ArticleLoss.MAX_GRAPHS, 4):  # more shapes than it keeps graphs for
+        on_cuda_and_whole_logits(article_loss, dtype, rows=rows)
     assert len(article_loss.graphs) == loss.ArticleLoss.MAX_GRAPHS
 
 
 @needs_cuda
-def test_on_cuda_logits_beyond_the_graph_bound_run_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+@with_and_without_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_cuda_logits_beyond_the_graph_bound_run_without_a_graph(
+    dtype: torch.dtype, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head's logits, then the loss: with Triton, through the kernels' own autograd Function."""
     monkeypatch.setattr(loss.ArticleLoss, "MAX_GRAPH_LOGITS", 47 * VOCAB)  # one row fewer than the batch
-    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
-    replayed_sum, *_, eager_sum, _, _ = replayed_and_eager(article_loss, 0, torch.float32)
-    assert list(article_loss.graphs.values()) == [None] and torch.equal(replayed_sum, eager_sum)
+    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")), fused=fused)
+    hidden, head, targets = (t.cuda() for t in hidden_and_head())
+    backward = type(article_loss.from_hidden(hidden.requires_grad_(), head, targets).weighted_sum.grad_fn).__name__
+    assert backward == ("FusedArticleLossBackward" if fused else "SumBackward0")
+    assert_close_to_whole_logits(*on_cuda_and_whole_logits(article_loss, dtype), dtype)
+    assert article_loss.graphs and not any(article_loss.graphs.values())
 
 
 @needs_cuda
-def test_on_cuda_a_loss_that_cannot_be_captured_runs_eagerly_after_one_warning(
+def test_on_cuda_a_loss_that_cannot_be_captured_runs_without_a_graph_after_one_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = loss._sums_and_gradient
@@ -450,7 +609,26 @@ def test_on_cuda_a_loss_that_cannot_be_captured_runs_eagerly_after_one_warning(
         return weighted_sum, totals
 
     monkeypatch.setattr(loss, "_sums_and_gradient", syncing)
-    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
+    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")), fused=False)
     with pytest.warns(RuntimeWarning, match="capturing the article loss in a CUDA graph failed"):
-        replayed_sum, *_, eager_sum, _, _ = replayed_and_eager(article_loss, 0, torch.float32)
-    assert list(article_loss.graphs.values()) == [None] and torch.equal(replayed_sum, eager_sum)
+        ours, reference = on_cuda_and_whole_logits(article_loss, torch.float32)
+    assert list(article_loss.graphs.values()) == [None] and torch.equal(ours[0], reference[0])
+
+
+@needs_cuda
+def test_on_cuda_where_the_triton_kernels_cannot_run_the_loss_runs_without_them_after_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A missing Triton, or compiler for its launcher, shows when the kernels are first tried: the CUDA
+    graph of ATen operations takes over, with the same numbers."""
+    import tstool.fused_loss
+
+    def fails(*args: object) -> None:
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(tstool.fused_loss, "sums_and_gradient", fails)
+    article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
+    with pytest.warns(RuntimeWarning, match=r"the fused Triton loss cannot run here \(RuntimeError: Failed to find C"):
+        ours, reference = on_cuda_and_whole_logits(article_loss, torch.float32)
+    assert not article_loss.fused and len(article_loss.graphs) == 1
+    assert_close_to_whole_logits(ours, reference, torch.float32)

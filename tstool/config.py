@@ -124,10 +124,15 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
     compile: bool = Field(False, description="torch.compile the model.")
+    fused_loss: bool = Field(
+        True,
+        description="On CUDA, compute the loss in two Triton kernels (one pass over the logits forward, "
+        "one for the gradient); where Triton cannot run, its ATen operations, after a warning.",
+    )
     cuda_graph_loss: bool = Field(
         True,
-        description="On CUDA, replay the loss from a CUDA graph: faster where launches bound the step; "
-        "keeps two float32 (tokens x vocab) buffers per micro-batch shape, up to 2**27 logits.",
+        description="On CUDA, replay the head and the loss from a CUDA graph per micro-batch shape: faster "
+        "where launches bound the step; keeps that shape's (tokens x vocab) logits, up to 2**27 of them.",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = torch's default.")
 

@@ -10,9 +10,9 @@ IDs: each target's category (other, article, ignored) and weight come from one l
 `LossTables`, and one `index_add_` sums CE, weight, count and top-1 hits per category. On a GPU, where
 a small model's step is bound by how many operations are launched, not by arithmetic, this count is
 what the breakdown costs (`python -m bench loss_overhead` prints it), so training there replays the
-whole loss from a CUDA graph (`ArticleLoss`). Training on the CPU applies the output head inside the
-loss instead (`ArticleLoss.from_hidden`), a block of rows at a time, so that the whole logits are never
-formed.
+output head and the whole loss from a CUDA graph, with the loss in two Triton kernels
+(`tstool.fused_loss`). Training on the CPU applies the head inside the loss a block of rows at a time,
+so that the whole logits are never formed (`ArticleLoss.from_hidden`).
 """
 
 from __future__ import annotations
@@ -240,43 +240,89 @@ def _sums_and_gradient(
     return (weights * ce).sum(), _totals(ce, weights, categories, hits)
 
 
+def _head_sums_and_gradients(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    tables: LossTables,
+    ignore_index: int,
+    fused: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's logits hidden (N, d) @ weight (V, d)^T, in their dtype; the loss's two sums against
+    targets (N,); and the weighted sum's gradients of hidden and weight, in that dtype.
+
+    `_HeadLoss`'s arithmetic on whole logits, as one fixed sequence of kernels with no host sync, for
+    `ArticleLoss` to capture in a CUDA graph. With `fused` the loss is `tstool.fused_loss`'s Triton
+    kernels, which read the logits in their dtype; otherwise `_sums_and_gradient` on a float32 copy.
+    Either way the logits' gradient is float32 rounded once to their dtype, as autocast's would be.
+    """
+    logits = hidden @ weight.t()
+    if fused:
+        from tstool.fused_loss import sums_and_gradient
+
+        weighted_sum, totals = sums_and_gradient(logits, targets, tables, ignore_index)
+        gradient = logits
+    else:
+        scores = logits.float()
+        weighted_sum, totals = _sums_and_gradient(scores, targets, tables, ignore_index, every_row=True)
+        gradient = scores.to(logits.dtype)
+    return weighted_sum, totals, gradient @ weight, gradient.t() @ hidden
+
+
 @dataclass
 class _Captured:
-    """Static buffers of a loss captured for one shape, and how to recompute it on their contents."""
+    """Static buffers of the head and loss captured for one shape, and how to recompute them."""
 
-    replay: Callable[[], None]  # recomputes `weighted_sum` and `totals` from `logits` and `targets`
-    logits: torch.Tensor  # (N, V) float32 input; after a replay, the gradient
+    replay: Callable[[], None]  # recomputes the outputs below from `hidden`, `weight` and `targets`
+    hidden: torch.Tensor  # (N, d) input, in the products' dtype
+    weight: torch.Tensor  # (V, d) input, in the products' dtype
     targets: torch.Tensor  # (N,) int64 input
     weighted_sum: torch.Tensor
     totals: torch.Tensor
+    grad_hidden: torch.Tensor  # (N, d), the weighted sum's gradients, in the products' dtype
+    grad_weight: torch.Tensor  # (V, d)
     replays: int = 0
 
 
-class _ReplayedLoss(torch.autograd.Function):
-    """Autograd's view of a captured loss: forward replays it, backward scales the gradient it left."""
+class _ReplayedHeadLoss(torch.autograd.Function):
+    """Autograd's view of a captured head and loss: forward replays them, backward scales the two
+    gradients they left."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, logits: torch.Tensor, targets: torch.Tensor, captured: _Captured
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, captured: _Captured
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        captured.logits.copy_(logits.reshape(captured.logits.shape))
-        captured.targets.copy_(targets.reshape(-1))
+        """hidden (N, d), weight (V, d) and targets (N,), copied (and cast) into the graph's inputs."""
+        captured.hidden.copy_(hidden)
+        captured.weight.copy_(weight)
+        captured.targets.copy_(targets)
         captured.replay()
         captured.replays += 1
-        ctx.captured, ctx.replay, ctx.shape, ctx.dtype = captured, captured.replays, logits.shape, logits.dtype
+        ctx.captured, ctx.replay, ctx.dtypes = captured, captured.replays, (hidden.dtype, weight.dtype)
         totals = captured.totals.clone()
         ctx.mark_non_differentiable(totals)
         return captured.weighted_sum.clone(), totals
 
     @staticmethod
-    def backward(ctx: Any, grad_sum: torch.Tensor, _grad_totals: None) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad_sum: torch.Tensor, _grad_totals: None) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # backward with create_graph: the kept gradients are constants
+            raise RuntimeError(
+                "the replayed loss has no second derivative: for create_graph, form the logits and call "
+                "ArticleLoss on them"
+            )
         captured: _Captured = ctx.captured
-        if captured.replays != ctx.replay:  # the buffer holds a later batch's gradient
+        if captured.replays != ctx.replay:  # the buffers hold a later batch's gradients
             raise RuntimeError(
                 "ArticleLoss ran again on a batch of this shape before this loss's backward: "
                 "call backward after each loss, as a training step does"
             )
-        return (captured.logits * grad_sum).to(ctx.dtype).view(ctx.shape), None, None
+        grads = (
+            kept.to(dtype) * grad_sum if wanted else None
+            for kept, dtype, wanted in zip(
+                (captured.grad_hidden, captured.grad_weight), ctx.dtypes, ctx.needs_input_grad[:2], strict=True
+            )
+        )
+        return (*grads, None, None)
 
 
 # Rows of logits per block in `_HeadLoss`: enough for the head's products to run at full speed. With
@@ -351,50 +397,55 @@ class _HeadLoss(torch.autograd.Function):
 
 class ArticleLoss:
     """`weighted_cross_entropy` with fixed tables, as the training step calls it: `from_hidden` on the
-    model's hidden states and tied head weight, which on the CPU never forms the whole logits
-    (`_HeadLoss`), and elsewhere forms them and calls the loss on them.
+    model's hidden states and tied head weight, with the head inside the loss where training.
 
-    On CUDA, with gradients on, the loss, its breakdown and its gradient are captured in a CUDA graph
-    per batch shape and replayed: the breakdown's twenty-odd small kernels cost one launch, and the
-    backward one multiplication. A small model's step on a GPU is bound by those launches: on an H100
-    the eager loss made `tiny`'s step 7-14% slower than plain CE, the replayed one 1-5% (bench
-    `loss_overhead`). Compiling the eager loss with torch.compile did not help (15%): its own calling
-    overhead matched the launches it saved. A graph keeps two float32 (N, V) buffers (its input, which
-    ends as the gradient, and the log-probabilities). The loss runs eagerly for shapes beyond the
-    first MAX_GRAPHS or above MAX_GRAPH_LOGITS, where capture fails (after a warning), in evaluation,
-    on other devices, and with `cuda_graphs=False` (`train.cuda_graph_loss`). Replays match the eager
-    loss up to float rounding.
+    - On the CPU, `_HeadLoss` applies the head a block of rows at a time and never forms the whole
+      logits.
+    - On CUDA, the head, the loss, its breakdown and both gradients are captured in a CUDA graph per
+      batch shape and replayed: one launch where the head and plain CE take a dozen, and a backward of
+      two multiplications. A small model's step on a GPU is bound by launches, not arithmetic. The
+      loss inside the graph is `tstool.fused_loss`'s two Triton kernels (one pass over the logits
+      forward, one for the gradient), or, where Triton cannot run (`fused=False`, or after a warning),
+      `_sums_and_gradient`'s ATen operations. A graph keeps its (N, V) logits, which end as their
+      gradient. Beyond the first MAX_GRAPHS shapes, above MAX_GRAPH_LOGITS, where capture fails (after
+      a warning), and with `cuda_graphs=False` (`train.cuda_graph_loss`), the head's logits are formed
+      and the loss runs on them: through the Triton kernels, or eagerly.
+    - Without gradients (evaluation), the logits are formed and the loss runs on them.
+
+    Every path gives the eager loss's numbers up to float rounding (bench `loss_overhead` times them).
     """
 
     MAX_GRAPHS = 4
-    # A bound on what a graph holds for the whole run (its two float32 buffers: 1 GiB at this size).
-    # Batches this large do enough arithmetic per launch that the graph matters less (not measured).
+    # A bound on what a graph holds for the whole run: its logits (0.5 GiB in float32 at this size),
+    # and with the ATen loss their float32 log-probabilities too. Batches this large do enough
+    # arithmetic per launch that the graph matters less.
     MAX_GRAPH_LOGITS = 2**27
 
-    def __init__(self, tables: LossTables, ignore_index: int = -100, cuda_graphs: bool = True) -> None:
-        self.tables, self.ignore_index, self.cuda_graphs = tables, ignore_index, cuda_graphs
-        self.graphs: dict[tuple[torch.device, int, int], _Captured | None] = {}  # None: eager for that shape
+    def __init__(
+        self, tables: LossTables, ignore_index: int = -100, cuda_graphs: bool = True, fused: bool = True
+    ) -> None:
+        self.tables, self.ignore_index, self.cuda_graphs, self.fused = tables, ignore_index, cuda_graphs, fused
+        self.fused_tried = False  # whether `_fused_runs` has tried the kernels; `fused` says if they ran
+        # by (device, rows, vocabulary, width, dtype); None: no graph for that shape
+        self.graphs: dict[tuple[torch.device, int, int, int, torch.dtype], _Captured | None] = {}
 
     def from_hidden(self, hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> LossParts:
         """The loss of the head's logits hidden @ head_weight^T, for hidden states (..., d) and targets
-        of their leading shape, under the caller's autocast.
-
-        Training on the CPU goes through `_HeadLoss`, which never forms the whole logits. Elsewhere,
-        and without gradients, the logits are formed and passed to the loss as before.
-        """
+        of their leading shape, under the caller's autocast."""
         device = hidden.device.type
         autocast = torch.is_autocast_enabled(device)
-        if device == "cpu" and torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
-            dtype = torch.get_autocast_dtype(device) if autocast else hidden.dtype
-            with torch.autocast(device, enabled=False):  # `_HeadLoss` casts for itself
-                weighted_sum, totals = _HeadLoss.apply(
-                    hidden.reshape(-1, hidden.size(-1)),
-                    head_weight,
-                    targets.reshape(-1),
-                    self.tables,
-                    self.ignore_index,
-                    dtype,
-                )
+        dtype = torch.get_autocast_dtype(device) if autocast else hidden.dtype
+        rows = hidden.reshape(-1, hidden.size(-1))
+        trains = torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad)
+        captured = self._graph(rows, head_weight, dtype) if trains and device == "cuda" and self.cuda_graphs else None
+        if trains and (device == "cpu" or captured is not None):
+            with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():  # both cast
+                if captured is not None:
+                    weighted_sum, totals = _ReplayedHeadLoss.apply(rows, head_weight, targets.reshape(-1), captured)
+                else:
+                    weighted_sum, totals = _HeadLoss.apply(
+                        rows, head_weight, targets.reshape(-1), self.tables, self.ignore_index, dtype
+                    )
             return LossParts(weighted_sum=weighted_sum, totals=totals)
         logits = F.linear(hidden, head_weight)
         # the loss runs in float32, outside autocast, as before
@@ -402,42 +453,69 @@ class ArticleLoss:
             return self(logits, targets)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
-        replays = self.cuda_graphs and logits.is_cuda and logits.requires_grad and torch.is_grad_enabled()
-        captured = self._graph(logits.device, targets.numel(), logits.size(-1)) if replays else None
-        if captured is None:
+        """The loss of whole logits (..., V): on CUDA through the Triton kernels, elsewhere eagerly."""
+        if not (logits.is_cuda and self._fused_runs(logits.device)):
             return weighted_cross_entropy(logits, targets, self.tables, self.ignore_index)
-        weighted_sum, totals = _ReplayedLoss.apply(logits, targets, captured)
+        from tstool.fused_loss import FusedArticleLoss
+
+        weighted_sum, totals = FusedArticleLoss.apply(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), self.tables, self.ignore_index
+        )
         return LossParts(weighted_sum=weighted_sum, totals=totals)
 
-    def _graph(self, device: torch.device, rows: int, vocab: int) -> _Captured | None:
-        """The graph for this shape, captured on first use; None where the loss runs eagerly."""
-        key = (device, rows, vocab)
+    def _fused_runs(self, device: torch.device) -> bool:
+        """Whether `tstool.fused_loss`'s Triton kernels run here, tried once on a row of zeros: without
+        Triton, or a compiler for its launcher, the loss runs without them after a warning."""
+        if self.fused and not self.fused_tried:
+            self.fused_tried = True
+            try:
+                from tstool import fused_loss
+
+                row = torch.zeros(1, self.tables.vocab_size, device=device)
+                fused_loss.sums_and_gradient(row, torch.zeros(1, dtype=torch.long, device=device), self.tables, 0)
+            except Exception as exc:  # Triton's failures (import, compiler, driver) have no common type
+                self.fused = False
+                first_line = (str(exc).strip().splitlines() or [""])[0]
+                warnings.warn(
+                    f"the fused Triton loss cannot run here ({type(exc).__name__}: {first_line}); the loss runs "
+                    "without it: the same numbers, a slower step",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return self.fused
+
+    def _graph(self, hidden: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> _Captured | None:
+        """The graph for hidden (N, d) and weight (V, d) with products in `dtype`, captured on first use;
+        None where there is none."""
+        (rows, width), vocab = hidden.shape, weight.size(0)
+        key = (hidden.device, rows, vocab, width, dtype)
         if key not in self.graphs and len(self.graphs) < self.MAX_GRAPHS:
-            self.graphs[key] = self._capture(device, rows, vocab) if rows * vocab <= self.MAX_GRAPH_LOGITS else None
+            self.graphs[key] = self._capture(*key) if rows * vocab <= self.MAX_GRAPH_LOGITS else None
         return self.graphs.get(key)
 
-    def _capture(self, device: torch.device, rows: int, vocab: int) -> _Captured | None:
+    def _capture(self, device: torch.device, rows: int, vocab: int, width: int, dtype: torch.dtype) -> _Captured | None:
+        fused = self._fused_runs(device)
         try:
             with torch.cuda.device(device):
-                logits = torch.zeros(rows, vocab, device=device)
+                hidden = torch.zeros(rows, width, dtype=dtype, device=device)
+                weight = torch.zeros(vocab, width, dtype=dtype, device=device)
                 targets = torch.zeros(rows, dtype=torch.long, device=device)
+                inputs = (hidden, weight, targets, self.tables, self.ignore_index, fused)
                 side = torch.cuda.Stream(device)  # warm up off the default stream, as capture requires
                 side.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(side):
-                    _sums_and_gradient(logits, targets, self.tables, self.ignore_index, every_row=True)
+                    _head_sums_and_gradients(*inputs)
                 torch.cuda.current_stream(device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    weighted_sum, totals = _sums_and_gradient(
-                        logits, targets, self.tables, self.ignore_index, every_row=True
-                    )
+                    outputs = _head_sums_and_gradients(*inputs)
         except RuntimeError as exc:  # out of memory, or an operation this PyTorch cannot capture
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             warnings.warn(
-                f"capturing the article loss in a CUDA graph failed ({first_line}); it runs eagerly: "
+                f"capturing the article loss in a CUDA graph failed ({first_line}); it runs without one: "
                 "the same numbers, a slower step",
                 RuntimeWarning,
                 stacklevel=4,
             )
             return None
-        return _Captured(graph.replay, logits, targets, weighted_sum, totals)
+        return _Captured(graph.replay, hidden, weight, targets, *outputs)

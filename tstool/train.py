@@ -122,7 +122,7 @@ class Trainer:
         # The CPU copy gives each step's total weight from the targets before they reach the device.
         self.weight_table_cpu = self.articles.weight_table(tc.article_weight)
         tables = LossTables.build(self.weight_table_cpu, self.articles.mask_table()).to(self.device)
-        self.loss = ArticleLoss(tables, cuda_graphs=tc.cuda_graph_loss)
+        self.loss = ArticleLoss(tables, cuda_graphs=tc.cuda_graph_loss, fused=tc.fused_loss)
         self.step, self.bad_steps, self.best_val = 0, 0, float("inf")
         self.resumed_from: Path | None = None
         if resume_path is not None:
