@@ -1,5 +1,7 @@
 import importlib.util
 import math
+import sys
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -532,6 +534,66 @@ def test_the_fused_loss_ignores_any_ignore_index(ignore_index: int) -> None:
 
 
 @needs_triton
+def test_the_fused_loss_reads_and_writes_rows_that_are_not_contiguous_with_each_other() -> None:
+    """Logits that are a slice of wider rows: the autograd Function reads them, and the graph's
+    in-place gradient lands in the slice, leaving the rest of each row alone."""
+    from tstool import fused_loss
+
+    logits, targets = batch(shape=(3, 7))
+    wide = torch.randn(21, VOCAB + 7, device=TRITON_DEVICE)
+    wide[:, :VOCAB] = logits.flatten(0, 1)
+    (fused_sum, fused_totals, fused_grad), eager = fused_and_eager(wide[:, :VOCAB].unflatten(0, (3, 7)), targets)
+    torch.testing.assert_close([fused_sum, fused_totals, fused_grad], eager)
+    tail = wide[:, VOCAB:].clone()
+    on_device = tables(5.0).to(TRITON_DEVICE)
+    fused_loss.sums_and_gradient(wide[:, :VOCAB], targets.flatten().to(TRITON_DEVICE), on_device, IGNORE)
+    torch.testing.assert_close(wide[:, :VOCAB], eager[2] / 2)  # upstream 1 here, 2 in `fused_and_eager`
+    assert torch.equal(wide[:, VOCAB:], tail)
+
+
+@needs_triton
+def test_the_fused_loss_takes_a_first_block_of_minus_infinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masked-out logits (-inf) filling a whole block of columns before the finite ones: the online
+    logsumexp starts at -inf without computing -inf - -inf."""
+    from tstool import fused_loss
+
+    monkeypatch.setattr(fused_loss, "MAX_BLOCK_COLUMNS", 16)
+    logits, targets = batch()
+    logits[..., :16] = float("-inf")
+    targets = targets.masked_fill((targets >= 0) & (targets < 16), 20)
+    fused, eager = fused_and_eager(logits, targets)
+    assert torch.isfinite(fused[0])
+    torch.testing.assert_close(fused, eager)
+
+
+def test_without_triton_the_loss_warns_once_and_runs_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Triton is missing (macOS, a CPU-only install), the first try of the kernels warns, and
+    later calls do not try again."""
+    import tstool
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    monkeypatch.delitem(sys.modules, "tstool.fused_loss", raising=False)
+    monkeypatch.delattr(tstool, "fused_loss", raising=False)
+    article_loss = loss.ArticleLoss(tables(5.0))
+    with pytest.warns(
+        RuntimeWarning, match=r"the fused Triton loss cannot run here \(ModuleNotFoundError: import of triton"
+    ):
+        assert not article_loss._fused_runs(torch.device("cpu"), torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not article_loss._fused_runs(torch.device("cpu"), torch.float32)
+    assert article_loss.triton_runs == {torch.float32: False}
+
+
+def test_under_fp16_autocast_the_head_and_loss_are_not_replayed() -> None:
+    """fp16's loss scale has to reach the gradient before the head's fp16 gradient products, which
+    a graph forms without it; the logits are formed instead and the loss gets the scaled gradient."""
+    hidden, head, _ = hidden_and_head()
+    article_loss = loss.ArticleLoss(tables(5.0))
+    assert article_loss._graph(hidden.flatten(0, 1), head, torch.float16) is None and not article_loss.graphs
+
+
+@needs_triton
 def test_the_fused_loss_refuses_a_second_derivative() -> None:
     from tstool.fused_loss import FusedArticleLoss
 
@@ -575,7 +637,7 @@ def test_on_cuda_the_head_and_loss_are_captured_once_per_shape_and_replay_whole_
         assert_close_to_whole_logits(*on_cuda_and_whole_logits(article_loss, dtype, seed), dtype)
     (key, captured), *_ = article_loss.graphs.items()
     assert len(article_loss.graphs) == 1 and key[1:] == (48, VOCAB, 16, dtype) and captured.replays == 2
-    assert article_loss.fused == fused
+    assert article_loss.triton_runs == ({dtype: True} if fused else {})
     for rows in range(24, 24 + 8 * loss.ArticleLoss.MAX_GRAPHS, 4):  # more shapes than it keeps graphs for
         on_cuda_and_whole_logits(article_loss, dtype, rows=rows)
     assert len(article_loss.graphs) == loss.ArticleLoss.MAX_GRAPHS
@@ -616,6 +678,7 @@ def test_on_cuda_a_loss_that_cannot_be_captured_runs_without_a_graph_after_one_w
 
 
 @needs_cuda
+@needs_triton
 def test_on_cuda_where_the_triton_kernels_cannot_run_the_loss_runs_without_them_after_one_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -630,5 +693,5 @@ def test_on_cuda_where_the_triton_kernels_cannot_run_the_loss_runs_without_them_
     article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
     with pytest.warns(RuntimeWarning, match=r"the fused Triton loss cannot run here \(RuntimeError: Failed to find C"):
         ours, reference = on_cuda_and_whole_logits(article_loss, torch.float32)
-    assert not article_loss.fused and len(article_loss.graphs) == 1
+    assert article_loss.triton_runs == {torch.float32: False} and len(article_loss.graphs) == 1
     assert_close_to_whole_logits(ours, reference, torch.float32)

@@ -402,30 +402,31 @@ class ArticleLoss:
     - On the CPU, `_HeadLoss` applies the head a block of rows at a time and never forms the whole
       logits.
     - On CUDA, the head, the loss, its breakdown and both gradients are captured in a CUDA graph per
-      batch shape and replayed: one launch where the head and plain CE take a dozen, and a backward of
-      two multiplications. A small model's step on a GPU is bound by launches, not arithmetic. The
-      loss inside the graph is `tstool.fused_loss`'s two Triton kernels (one pass over the logits
-      forward, one for the gradient), or, where Triton cannot run (`fused=False`, or after a warning),
-      `_sums_and_gradient`'s ATen operations. A graph keeps its (N, V) logits, which end as their
-      gradient. Beyond the first MAX_GRAPHS shapes, above MAX_GRAPH_LOGITS, where capture fails (after
-      a warning), and with `cuda_graphs=False` (`train.cuda_graph_loss`), the head's logits are formed
-      and the loss runs on them: through the Triton kernels, or eagerly.
+      batch shape and replayed: one launch where the head and plain CE take a dozen, and a backward
+      that only scales the two kept gradients. A small model's step on a GPU is bound by launches,
+      not arithmetic. The loss inside the graph is `tstool.fused_loss`'s two Triton kernels (one pass
+      over the logits forward, one for the gradient), or, where Triton cannot run (`fused=False`, or
+      after a warning), `_sums_and_gradient`'s ATen operations. A graph keeps its (N, V) logits, which
+      end as their gradient. Beyond the first MAX_GRAPHS shapes, above MAX_GRAPH_LOGITS, where capture
+      fails (after a warning), under fp16 autocast (whose loss scale must reach the gradient before its
+      fp16 products), and with `cuda_graphs=False` (`train.cuda_graph_loss`), the head's logits are
+      formed and the loss runs on them: through the Triton kernels, or eagerly.
     - Without gradients (evaluation), the logits are formed and the loss runs on them.
 
     Every path gives the eager loss's numbers up to float rounding (bench `loss_overhead` times them).
     """
 
     MAX_GRAPHS = 4
-    # A bound on what a graph holds for the whole run: its logits (0.5 GiB in float32 at this size),
-    # and with the ATen loss their float32 log-probabilities too. Batches this large do enough
-    # arithmetic per launch that the graph matters less.
+    # A bound on what a graph holds for the whole run: its logits (0.5 GiB in float32 at this size;
+    # with the ATen loss also their float32 copy and log-probabilities, up to 1.25 GiB for bf16
+    # logits). Batches this large do enough arithmetic per launch that the graph matters less.
     MAX_GRAPH_LOGITS = 2**27
 
     def __init__(
         self, tables: LossTables, ignore_index: int = -100, cuda_graphs: bool = True, fused: bool = True
     ) -> None:
         self.tables, self.ignore_index, self.cuda_graphs, self.fused = tables, ignore_index, cuda_graphs, fused
-        self.fused_tried = False  # whether `_fused_runs` has tried the kernels; `fused` says if they ran
+        self.triton_runs: dict[torch.dtype, bool] = {}  # by logits dtype, once `_fused_runs` has tried
         # by (device, rows, vocabulary, width, dtype); None: no graph for that shape
         self.graphs: dict[tuple[torch.device, int, int, int, torch.dtype], _Captured | None] = {}
 
@@ -453,8 +454,9 @@ class ArticleLoss:
             return self(logits, targets)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
-        """The loss of whole logits (..., V): on CUDA through the Triton kernels, elsewhere eagerly."""
-        if not (logits.is_cuda and self._fused_runs(logits.device)):
+        """The loss of whole logits (..., V): on CUDA through the Triton kernels where they run,
+        otherwise eagerly."""
+        if not (logits.is_cuda and self._fused_runs(logits.device, logits.dtype)):
             return weighted_cross_entropy(logits, targets, self.tables, self.ignore_index)
         from tstool.fused_loss import FusedArticleLoss
 
@@ -463,38 +465,43 @@ class ArticleLoss:
         )
         return LossParts(weighted_sum=weighted_sum, totals=totals)
 
-    def _fused_runs(self, device: torch.device) -> bool:
-        """Whether `tstool.fused_loss`'s Triton kernels run here, tried once on a row of zeros: without
-        Triton, or a compiler for its launcher, the loss runs without them after a warning."""
-        if self.fused and not self.fused_tried:
-            self.fused_tried = True
+    def _fused_runs(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether `tstool.fused_loss`'s Triton kernels run here on logits of `dtype`, tried once per
+        dtype on a row of zeros: without Triton, or a compiler for its launcher, the loss runs without
+        them after a warning."""
+        if self.fused and dtype not in self.triton_runs:
             try:
                 from tstool import fused_loss
 
-                row = torch.zeros(1, self.tables.vocab_size, device=device)
-                fused_loss.sums_and_gradient(row, torch.zeros(1, dtype=torch.long, device=device), self.tables, 0)
+                row = torch.zeros(1, self.tables.vocab_size, dtype=dtype, device=device)
+                with fused_loss.on_device(device):
+                    fused_loss.sums_and_gradient(row, torch.zeros(1, dtype=torch.long, device=device), self.tables, 0)
+                if device.type == "cuda":  # a fault in the kernels shows here, not in a later step
+                    torch.cuda.synchronize(device)
+                self.triton_runs[dtype] = True
             except Exception as exc:  # Triton's failures (import, compiler, driver) have no common type
-                self.fused = False
-                first_line = (str(exc).strip().splitlines() or [""])[0]
+                self.triton_runs[dtype] = False
                 warnings.warn(
-                    f"the fused Triton loss cannot run here ({type(exc).__name__}: {first_line}); the loss runs "
-                    "without it: the same numbers, a slower step",
+                    f"the fused Triton loss cannot run here ({type(exc).__name__}: {_first_line(exc)}); the "
+                    "loss runs without it: the same numbers, a slower step",
                     RuntimeWarning,
                     stacklevel=4,
                 )
-        return self.fused
+        return self.fused and self.triton_runs[dtype]
 
     def _graph(self, hidden: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> _Captured | None:
         """The graph for hidden (N, d) and weight (V, d) with products in `dtype`, captured on first use;
         None where there is none."""
         (rows, width), vocab = hidden.shape, weight.size(0)
+        if dtype == torch.float16:  # its gradient products in fp16 would overflow without the loss scale
+            return None
         key = (hidden.device, rows, vocab, width, dtype)
         if key not in self.graphs and len(self.graphs) < self.MAX_GRAPHS:
             self.graphs[key] = self._capture(*key) if rows * vocab <= self.MAX_GRAPH_LOGITS else None
         return self.graphs.get(key)
 
     def _capture(self, device: torch.device, rows: int, vocab: int, width: int, dtype: torch.dtype) -> _Captured | None:
-        fused = self._fused_runs(device)
+        fused = self._fused_runs(device, dtype)
         try:
             with torch.cuda.device(device):
                 hidden = torch.zeros(rows, width, dtype=dtype, device=device)
@@ -509,13 +516,18 @@ class ArticleLoss:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     outputs = _head_sums_and_gradients(*inputs)
-        except RuntimeError as exc:  # out of memory, or an operation this PyTorch cannot capture
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        except Exception as exc:  # out of memory, an operation this PyTorch cannot capture, Triton's errors
             warnings.warn(
-                f"capturing the article loss in a CUDA graph failed ({first_line}); it runs without one: "
+                f"capturing the article loss in a CUDA graph failed ({type(exc).__name__}: {_first_line(exc)}); "
+                "it runs without one: "
                 "the same numbers, a slower step",
                 RuntimeWarning,
                 stacklevel=4,
             )
             return None
         return _Captured(graph.replay, hidden, weight, targets, *outputs)
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message, for a one-line warning."""
+    return (str(exc).strip().splitlines() or [""])[0]
