@@ -221,9 +221,9 @@ def _sums_and_gradient(
     """`weighted_cross_entropy`'s two sums for float32 logits (N, V) and targets (N,), with the weighted
     sum's gradient written over `logits`: w (softmax - onehot(target)) row by row.
 
-    Computing the gradient here, not in autograd's backward, leaves the backward one multiplication,
-    and with `every_row` makes the loss one fixed sequence of kernels, which `ArticleLoss` captures in
-    a CUDA graph: every row is tested for a hit, in place, without the host sync and data-dependent
+    Computing the gradient here, not in autograd's backward, leaves the backward only a scaling, and
+    with `every_row` makes the loss one fixed sequence of kernels, which `ArticleLoss` captures in a
+    CUDA graph where Triton cannot run: every row is tested for a hit, in place, without the host sync and data-dependent
     shapes of picking the article rows. On the CPU (`_HeadLoss`), picking them is faster.
     """
     weights, categories, safe_targets = _lookups(targets, tables, ignore_index)
