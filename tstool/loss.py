@@ -223,8 +223,9 @@ def _sums_and_gradient(
 
     Computing the gradient here, not in autograd's backward, leaves the backward only a scaling, and
     with `every_row` makes the loss one fixed sequence of kernels, which `ArticleLoss` captures in a
-    CUDA graph where Triton cannot run: every row is tested for a hit, in place, without the host sync and data-dependent
-    shapes of picking the article rows. On the CPU (`_HeadLoss`), picking them is faster.
+    CUDA graph where Triton cannot run: every row is tested for a hit, in place, without the host sync
+    and data-dependent shapes of picking the article rows. On the CPU (`_HeadLoss`), picking them is
+    faster.
     """
     weights, categories, safe_targets = _lookups(targets, tables, ignore_index)
     target_columns = safe_targets[:, None]
