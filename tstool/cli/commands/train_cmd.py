@@ -108,11 +108,12 @@ def train(
         return
 
     def render(console) -> None:
-        val = summary.last_val or {}
+        val = summary.last_val
+        # a resumed run that was already finished trains no step and validates nothing
+        validation = f"val loss {val['loss_unweighted']:.3f} · bpb {val['bpb']:.3f}" if val else "no validation run"
         console.print(
             f"[bold green]done[/] step {summary.step}/{summary.max_steps} in {summary.wall_time_s:.0f}s · "
-            f"val loss {val.get('loss_unweighted', float('nan')):.3f} · bpb {val.get('bpb', float('nan')):.3f} · "
-            f"checkpoint {summary.checkpoint}"
+            f"{validation} · checkpoint {summary.checkpoint}"
         )
 
     out.emit(result, render)
