@@ -479,7 +479,7 @@ def astuple(parts: LossParts) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block_columns", [8192, 16])  # a row in one step; in four, the last one short
 def test_the_fused_loss_gives_the_eager_numbers(
     dtype: torch.dtype, block_columns: int, monkeypatch: pytest.MonkeyPatch
@@ -498,7 +498,7 @@ def test_the_fused_loss_gives_the_eager_numbers(
     torch.testing.assert_close(fused_totals, eager_totals)
     assert torch.equal(fused_totals[:, [WEIGHT, COUNT, HITS]], eager_totals[:, [WEIGHT, COUNT, HITS]])
     assert 1 <= fused_totals[ARTICLE, HITS] < fused_totals[ARTICLE, COUNT]
-    # bf16: the same float32 gradient, rounded once; an ulp apart where the softmax rounds differently
+    # bf16, fp16: the same float32 gradient, rounded once; an ulp apart where the softmax rounds differently
     tolerance = {} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2 * eager_grad.abs().max().item()}
     torch.testing.assert_close(fused_grad, eager_grad, **tolerance)
     ignored_rows = targets.flatten() == IGNORE
