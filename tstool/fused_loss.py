@@ -22,7 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
-from tstool.loss import ARTICLE, CE, COUNT, HITS, IGNORED, WEIGHT, LossTables, sums_dtype
+from tstool.loss import (
+    ARTICLE,
+    CE,
+    COUNT,
+    HITS,
+    IGNORED,
+    WEIGHT,
+    LossTables,
+    refuse_second_derivative,
+    sums_dtype,
+)
 
 # Columns of a row read per step of a kernel's loop: a 4,096-token vocabulary is one step, GPT-2's seven.
 MAX_BLOCK_COLUMNS = 8192
@@ -236,10 +246,7 @@ class FusedArticleLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, upstream: torch.Tensor, _grad_totals: None) -> tuple[torch.Tensor, None, None, None]:
-        if torch.is_grad_enabled():  # backward with create_graph: the kernel's gradient has no graph
-            raise RuntimeError(
-                "the fused article loss has no second derivative: for create_graph, use weighted_cross_entropy"
-            )
+        refuse_second_derivative("the fused article loss", "use weighted_cross_entropy")
         logits, targets, logsumexp = ctx.saved_tensors
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         with on_device(logits.device):

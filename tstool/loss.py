@@ -241,6 +241,17 @@ def _sums_and_gradient(
     return (weights * ce).sum(), _totals(ce, weights, categories, hits)
 
 
+# What to do instead of a second derivative of a loss whose backward only scales kept gradients.
+FORM_THE_LOGITS = "form the logits and call ArticleLoss on them"
+
+
+def refuse_second_derivative(loss: str, instead: str) -> None:
+    """Raises in a backward run with create_graph: the losses whose backward returns gradients computed
+    without a graph would otherwise hand a second derivative constants, silently."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{loss} has no second derivative: for create_graph, {instead}")
+
+
 def _head_sums_and_gradients(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -306,11 +317,7 @@ class _ReplayedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_sum: torch.Tensor, _grad_totals: None) -> tuple[torch.Tensor | None, ...]:
-        if torch.is_grad_enabled():  # backward with create_graph: the kept gradients are constants
-            raise RuntimeError(
-                "the replayed loss has no second derivative: for create_graph, form the logits and call "
-                "ArticleLoss on them"
-            )
+        refuse_second_derivative("the replayed loss", FORM_THE_LOGITS)
         captured: _Captured = ctx.captured
         if captured.replays != ctx.replay:  # the buffers hold a later batch's gradients
             raise RuntimeError(
@@ -386,11 +393,7 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_sum: torch.Tensor, _grad_totals: None) -> tuple[torch.Tensor | None, ...]:
-        if torch.is_grad_enabled():  # backward with create_graph: the kept gradients are constants
-            raise RuntimeError(
-                "the loss with the head inside has no second derivative: for create_graph, form the logits "
-                "and call ArticleLoss on them"
-            )
+        refuse_second_derivative("the loss with the head inside", FORM_THE_LOGITS)
         # autograd casts each gradient to its input's dtype
         grads = tuple(None if grad is None else grad * grad_sum for grad in ctx.saved_tensors)
         return (*grads, None, None, None, None)
