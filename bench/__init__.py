@@ -88,6 +88,11 @@ class Timings(dict[str, list[float]]):
         first, _, third = statistics.quantiles(self.ratios(numerator, denominator), n=4)
         return first, third
 
+    def ratio_spread(self, numerator: str, denominator: str) -> str:
+        """`ratio_quartiles` as a table cell."""
+        first, third = self.ratio_quartiles(numerator, denominator)
+        return f"{first:.3f}–{third:.3f}"
+
 
 def one_call_seconds(call: Callable[[], object]) -> float:
     """Runs `call` once and returns its time, such as a first step's, which pays one-time work (compiling, capture)."""

@@ -43,8 +43,10 @@ PRESET = "tiny"
 DTYPE = "fp32"
 # CPU: a small batch keeps the run short; CUDA: the tiny preset's own batch, as `make train` runs it.
 BATCH = {"cpu": 4, "cuda": 16}
-# paired rounds: a 2-3% effect needs more than 5 on a noisy 2-core VM; a GPU step takes milliseconds
-REPEATS = {"cpu": 15, "cuda": 60}
+# paired rounds: a 2-3% effect needs more than 5 on a noisy 2-core VM. On CUDA a step takes ~9 ms of
+# host time whose load drifts: with 60 rounds the median ratio moved by +-1.5% from run to run (H100,
+# tenth session), so 240 rounds (~15 s) halve that.
+REPEATS = {"cpu": 15, "cuda": 240}
 TARGET = 1.03
 
 
@@ -93,12 +95,15 @@ def measure(device: torch.device, console: Console) -> float:
     first_step = one_call_seconds(steps[tstool])  # on CUDA, includes compiling the Triton kernels
     seconds = interleaved(steps, REPEATS[device.type])
     title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}"
-    report = table(title, "loss", "ms/step (median)", "vs plain (paired median)", "ATen calls (head+loss fwd+bwd)")
+    report = table(
+        title, "loss", "ms/step (median)", "vs plain (paired median)", "quartiles", "ATen calls (head+loss fwd+bwd)"
+    )
     with torch.no_grad():
         hidden = model(x, head=False)
     for name, loss in losses.items():
         calls = aten_calls(loss, hidden, model.lm_head.weight, y)
-        report.add_row(name, f"{seconds.median(name) * 1e3:.1f}", f"{seconds.ratio(name, plain):.3f}", f"{calls}")
+        ratio, spread = f"{seconds.ratio(name, plain):.3f}", seconds.ratio_spread(name, plain)
+        report.add_row(name, f"{seconds.median(name) * 1e3:.1f}", ratio, spread, f"{calls}")
     console.print(report)
     if device.type == "cuda":
         console.print(f"tstool's first step, including compiling the loss's Triton kernels: {first_step * 1e3:.0f} ms")

@@ -21,7 +21,6 @@ from rich.console import Console
 
 from bench import (
     Result,
-    Timings,
     batch,
     devices,
     hf_forward,
@@ -50,11 +49,6 @@ REPEATS = {"fp32": 25, "bf16": 5}
 TARGET = 1.0
 COMPILED = ("cpu", "fp32")  # (device type, dtype) also timed with both models compiled
 COMPILED_SIDES = ("tstool compiled", "hf compiled")
-
-
-def quartiles(seconds: Timings, numerator: str, denominator: str) -> str:
-    first, third = seconds.ratio_quartiles(numerator, denominator)
-    return f"{first:.3f}–{third:.3f}"
 
 
 def run(console: Console) -> Result:
@@ -95,7 +89,7 @@ def run(console: Console) -> Result:
                         f"{tokens / seconds.median('tstool'):,.0f}",
                         f"{tokens / seconds.median('hf'):,.0f}",
                         f"[{'green' if ratio >= TARGET else 'red'}]{ratio:.3f}",
-                        quartiles(seconds, "hf", "tstool"),
+                        seconds.ratio_spread("hf", "tstool"),
                     )
                     if compiled:
                         report.add_row(
@@ -104,7 +98,7 @@ def run(console: Console) -> Result:
                             f"{tokens / seconds.median('tstool compiled'):,.0f}",
                             f"{tokens / seconds.median('hf compiled'):,.0f}",
                             f"[dim]{seconds.ratio('hf compiled', 'tstool compiled'):.3f}",
-                            quartiles(seconds, "hf compiled", "tstool compiled"),
+                            seconds.ratio_spread("hf compiled", "tstool compiled"),
                         )
                         notes.append(
                             f"{case}: compiling made a step {seconds.ratio('tstool', 'tstool compiled'):.2f}x "

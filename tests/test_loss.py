@@ -388,11 +388,12 @@ with_and_without_triton = pytest.mark.parametrize(
 
 def captured_eagerly(dtype: torch.dtype, fused: bool, rows: int = 48, width: int = 16) -> loss._Captured:
     """The replay protocol of `ArticleLoss.from_hidden` on CUDA, with static buffers on TRITON_DEVICE
-    recomputed eagerly (no graph): the head's products in `dtype`, the loss through Triton or ATen."""
+    recomputed eagerly (no graph): the head's products in `dtype`, the loss through Triton or ATen, the
+    gradients in float32, the dtype of the leaves they reach."""
     hidden = torch.zeros(rows, width, dtype=dtype, device=TRITON_DEVICE)
     weight = torch.zeros(VOCAB, width, dtype=dtype, device=TRITON_DEVICE)
     targets = torch.zeros(rows, dtype=torch.long, device=TRITON_DEVICE)
-    inputs = (hidden, weight, targets, tables(5.0).to(TRITON_DEVICE), IGNORE, fused)
+    inputs = (hidden, weight, targets, tables(5.0).to(TRITON_DEVICE), IGNORE, fused, (torch.float32, torch.float32))
     outputs = loss._head_sums_and_gradients(*inputs)
 
     def replay() -> None:
@@ -636,7 +637,8 @@ def test_on_cuda_the_head_and_loss_are_captured_once_per_shape_and_replay_whole_
     for seed in (0, 1):  # the capture, then a replay
         assert_close_to_whole_logits(*on_cuda_and_whole_logits(article_loss, dtype, seed), dtype)
     (key, captured), *_ = article_loss.graphs.items()
-    assert len(article_loss.graphs) == 1 and key[1:] == (48, VOCAB, 16, dtype) and captured.replays == 2
+    assert len(article_loss.graphs) == 1 and key[1:] == (48, VOCAB, 16, dtype, torch.float32, torch.float32)
+    assert captured.replays == 2 and captured.grad_weight.dtype == torch.float32
     assert article_loss.triton_runs == ({dtype: True} if fused else {})
     for rows in range(24, 24 + 8 * loss.ArticleLoss.MAX_GRAPHS, 4):  # more shapes than it keeps graphs for
         on_cuda_and_whole_logits(article_loss, dtype, rows=rows)

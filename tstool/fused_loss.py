@@ -241,6 +241,7 @@ class FusedArticleLoss(torch.autograd.Function):
             weighted_sum, totals, logsumexp = _forward(logits, targets, tables, ignore_index)
         ctx.save_for_backward(logits, targets, logsumexp)
         ctx.weight, ctx.ignore_index = tables.weight, ignore_index
+        ctx.set_materialize_grads(False)  # the totals get no gradient: no zeros made for them
         ctx.mark_non_differentiable(totals)
         return weighted_sum, totals
 

@@ -259,9 +259,11 @@ def _head_sums_and_gradients(
     tables: LossTables,
     ignore_index: int,
     fused: bool,
+    grad_dtypes: tuple[torch.dtype, torch.dtype],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The head's logits hidden (N, d) @ weight (V, d)^T, in their dtype; the loss's two sums against
-    targets (N,); and the weighted sum's gradients of hidden and weight, in that dtype.
+    targets (N,); and the weighted sum's gradients of hidden and weight, in `grad_dtypes` (those of
+    the leaves they reach, so that the backward only scales them).
 
     `_HeadLoss`'s arithmetic on whole logits, as one fixed sequence of kernels with no host sync, for
     `ArticleLoss` to capture in a CUDA graph. With `fused` the loss is `tstool.fused_loss`'s Triton
@@ -278,7 +280,12 @@ def _head_sums_and_gradients(
         scores = logits.float()
         weighted_sum, totals = _sums_and_gradient(scores, targets, tables, ignore_index, every_row=True)
         gradient = scores.to(logits.dtype)
-    return weighted_sum, totals, gradient @ weight, gradient.t() @ hidden
+    hidden_dtype, weight_dtype = grad_dtypes
+    return weighted_sum, totals, (gradient @ weight).to(hidden_dtype), (gradient.t() @ hidden).to(weight_dtype)
+
+
+# A graph's key: device, rows, vocabulary, width, and the dtypes of the products, hidden and weight.
+_GraphKey = tuple[torch.device, int, int, int, torch.dtype, torch.dtype, torch.dtype]
 
 
 @dataclass
@@ -291,7 +298,7 @@ class _Captured:
     targets: torch.Tensor  # (N,) int64 input
     weighted_sum: torch.Tensor
     totals: torch.Tensor
-    grad_hidden: torch.Tensor  # (N, d), the weighted sum's gradients, in the products' dtype
+    grad_hidden: torch.Tensor  # (N, d), the weighted sum's gradients, in the dtypes of the leaves
     grad_weight: torch.Tensor  # (V, d)
     replays: int = 0
 
@@ -310,7 +317,8 @@ class _ReplayedHeadLoss(torch.autograd.Function):
         captured.targets.copy_(targets)
         captured.replay()
         captured.replays += 1
-        ctx.captured, ctx.replay, ctx.dtypes = captured, captured.replays, (hidden.dtype, weight.dtype)
+        ctx.captured, ctx.replay = captured, captured.replays
+        ctx.set_materialize_grads(False)  # the totals get no gradient: no zeros made for them
         totals = captured.totals.clone()
         ctx.mark_non_differentiable(totals)
         return captured.weighted_sum.clone(), totals
@@ -324,13 +332,10 @@ class _ReplayedHeadLoss(torch.autograd.Function):
                 "ArticleLoss ran again on a batch of this shape before this loss's backward: "
                 "call backward after each loss, as a training step does"
             )
-        grads = (
-            kept.to(dtype) * grad_sum if wanted else None
-            for kept, dtype, wanted in zip(
-                (captured.grad_hidden, captured.grad_weight), ctx.dtypes, ctx.needs_input_grad[:2], strict=True
-            )
-        )
-        return (*grads, None, None)
+        # one call for both: on a GPU this backward's host time is a step's cost (bench loss_overhead)
+        grad_hidden, grad_weight = torch._foreach_mul([captured.grad_hidden, captured.grad_weight], grad_sum)
+        wants_hidden, wants_weight = ctx.needs_input_grad[:2]
+        return (grad_hidden if wants_hidden else None, grad_weight if wants_weight else None, None, None)
 
 
 # Rows of logits per block in `_HeadLoss`: enough for the head's products to run at full speed. With
@@ -388,6 +393,7 @@ class _HeadLoss(torch.autograd.Function):
             elif grad_weight is not None:
                 grad_weight += gradient.t() @ block
         ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.set_materialize_grads(False)  # the totals get no gradient: no zeros made for them
         ctx.mark_non_differentiable(totals)
         return weighted_sum, totals
 
@@ -431,8 +437,7 @@ class ArticleLoss:
     ) -> None:
         self.tables, self.ignore_index, self.cuda_graphs, self.fused = tables, ignore_index, cuda_graphs, fused
         self.triton_runs: dict[torch.dtype, bool] = {}  # by logits dtype, once `_fused_runs` has tried
-        # by (device, rows, vocabulary, width, dtype); None: no graph for that shape
-        self.graphs: dict[tuple[torch.device, int, int, int, torch.dtype], _Captured | None] = {}
+        self.graphs: dict[_GraphKey, _Captured | None] = {}  # None: no graph for that key
 
     def from_hidden(self, hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> LossParts:
         """The loss of the head's logits hidden @ head_weight^T, for hidden states (..., d) and targets
@@ -494,24 +499,25 @@ class ArticleLoss:
         return self.fused and self.triton_runs[dtype]
 
     def _graph(self, hidden: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> _Captured | None:
-        """The graph for hidden (N, d) and weight (V, d) with products in `dtype`, captured on first use;
-        None where there is none."""
+        """The graph for hidden (N, d) and weight (V, d) with products in `dtype` and gradients in theirs,
+        captured on first use; None where there is none."""
         (rows, width), vocab = hidden.shape, weight.size(0)
         if dtype == torch.float16:  # its gradient products in fp16 would overflow without the loss scale
             return None
-        key = (hidden.device, rows, vocab, width, dtype)
+        key = (hidden.device, rows, vocab, width, dtype, hidden.dtype, weight.dtype)
         if key not in self.graphs and len(self.graphs) < self.MAX_GRAPHS:
-            self.graphs[key] = self._capture(*key) if rows * vocab <= self.MAX_GRAPH_LOGITS else None
+            self.graphs[key] = self._capture(key) if rows * vocab <= self.MAX_GRAPH_LOGITS else None
         return self.graphs.get(key)
 
-    def _capture(self, device: torch.device, rows: int, vocab: int, width: int, dtype: torch.dtype) -> _Captured | None:
+    def _capture(self, key: _GraphKey) -> _Captured | None:
+        device, rows, vocab, width, dtype, hidden_dtype, weight_dtype = key
         fused = self._fused_runs(device, dtype)
         try:
             with torch.cuda.device(device):
                 hidden = torch.zeros(rows, width, dtype=dtype, device=device)
                 weight = torch.zeros(vocab, width, dtype=dtype, device=device)
                 targets = torch.zeros(rows, dtype=torch.long, device=device)
-                inputs = (hidden, weight, targets, self.tables, self.ignore_index, fused)
+                inputs = (hidden, weight, targets, self.tables, self.ignore_index, fused, (hidden_dtype, weight_dtype))
                 side = torch.cuda.Stream(device)  # warm up off the default stream, as capture requires
                 side.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(side):
