@@ -303,7 +303,7 @@ def head_loss_and_gradients(
 
 def test_the_head_inside_the_loss_gives_the_numbers_of_whole_logits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of 5 rows (the last one short) give whole logits' sums, hits and both gradients."""
-    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 5)
+    monkeypatch.setattr(loss, "HEAD_BLOCK_LOGITS", 5 * VOCAB)
     hidden, head, targets = hidden_and_head()
     article_loss = loss.ArticleLoss(tables(5.0))
     blocks = head_loss_and_gradients(lambda h, w: article_loss.from_hidden(h, w, targets), hidden, head)
@@ -317,7 +317,7 @@ def test_the_head_inside_the_loss_gives_the_numbers_of_whole_logits(monkeypatch:
 def test_under_cpu_bf16_autocast_the_head_inside_the_loss_runs_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same bf16 logits as the whole head's, so the same sums; float32 gradients for float32
     leaves, equal up to bf16 rounding (the blocks' weight gradients add up in float32)."""
-    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 5)
+    monkeypatch.setattr(loss, "HEAD_BLOCK_LOGITS", 5 * VOCAB)
     hidden, head, targets = hidden_and_head()
     article_loss = loss.ArticleLoss(tables(5.0))
 
@@ -341,7 +341,7 @@ def test_the_head_inside_the_loss_computes_the_gradients_asked_for(
 ) -> None:
     """Whichever of hidden states (here (N, d)) and head need a gradient, the head runs inside the loss
     and gives whole logits' gradients for those, and none for the other."""
-    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 5)
+    monkeypatch.setattr(loss, "HEAD_BLOCK_LOGITS", 5 * VOCAB)
     hidden, head, targets = hidden_and_head()
     hidden, targets = hidden.flatten(0, 1), targets.flatten()
     article_loss = loss.ArticleLoss(tables(5.0))

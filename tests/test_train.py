@@ -297,7 +297,7 @@ def test_training_through_blocks_of_the_head_follows_training_on_whole_logits(
     the loss the head weight itself, whose gradient then moves the model."""
     cfg = resolve("debug", {"train.max_steps": 4, "train.log_interval": 1, "train.grad_accum": 2})
     cfg.train.article_weight = 5.0
-    monkeypatch.setattr(loss, "HEAD_BLOCK_ROWS", 48)
+    monkeypatch.setattr(loss, "HEAD_BLOCK_LOGITS", 48 * load_tokenizer().vocab_size)
     train(cfg, RunOptions(out_dir=tmp_path / "blocks"))
 
     def whole_logits(self: Trainer, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> loss.LossParts:

@@ -338,10 +338,13 @@ class _ReplayedHeadLoss(torch.autograd.Function):
         return (grad_hidden if wants_hidden else None, grad_weight if wants_weight else None, None, None)
 
 
-# Rows of logits per block in `_HeadLoss`: enough for the head's products to run at full speed. With
-# 50,257 tokens (GPT-2), blocks of 41 rows made the head and loss of 4,096 rows 1.3x slower than whole
-# logits; with 512 rows they are 1.2x faster (2-core EPYC VM, fp32, d=320).
-HEAD_BLOCK_ROWS = 512
+# Logits per block in `_HeadLoss` (64 MiB in float32): a block has this many divided by the vocabulary
+# rows. The head's products need rows to run at full speed, and a step's memory should not grow with
+# the batch. With GPT-2's 50,257 tokens, blocks of 41 rows made the head and loss of 4,096 rows 1.3x
+# slower than whole logits (d=320); in a `tiny` step of 2,048 tokens, blocks of 256-1,024 rows took
+# 0.55-0.84x whole logits' time, and one block of 2,048 rows 0.91x. With the shipped 4,096 tokens,
+# blocks of 512 rows made that step 2-3% slower than one block of 2,048 (2-core EPYC VM, fp32).
+HEAD_BLOCK_LOGITS = 2**24
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -378,8 +381,9 @@ class _HeadLoss(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=device) if wants_weight else None
         weighted_sum = torch.zeros((), dtype=torch.float32, device=device)
         totals = torch.zeros(2, 4, dtype=sums_dtype(device), device=device)
-        for start in range(0, hidden.size(0), HEAD_BLOCK_ROWS):
-            rows = slice(start, start + HEAD_BLOCK_ROWS)
+        block_rows = max(1, HEAD_BLOCK_LOGITS // weight.size(0))
+        for start in range(0, hidden.size(0), block_rows):
+            rows = slice(start, start + block_rows)
             block = hidden[rows].to(dtype)
             logits = (block @ weight_in_dtype.t()).float()
             block_sum, block_totals = _sums_and_gradient(logits, targets[rows], tables, ignore_index, every_row=False)
