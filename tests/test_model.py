@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tstool.config import ModelConfig
-from tstool.model import Linear, Model, flops_per_token, hf_state_dict, param_groups
+from tstool.model import MLP, Linear, Model, flops_per_token, hf_state_dict, param_groups
 
 VOCAB = 97
 MHA = dict(d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=32)
@@ -27,6 +27,24 @@ def test_ffn_hidden_is_used_exactly() -> None:
     model = make_model(ffn_hidden=77)
     assert model.layers[0].mlp.down_proj.in_features == 77
     assert model.layers[0].mlp.gate_up_proj.out_features == 2 * 77
+
+
+def test_the_mlp_gives_the_same_numbers_with_its_weight_split_or_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the MLP multiplies by each half of its gate/up weight, elsewhere by the whole weight
+    once: the same outputs and gradients either way."""
+    mlp = make_model().layers[0].mlp
+    x = torch.randn(2, 16, MHA["d_model"], generator=torch.Generator().manual_seed(4))
+    results = []
+    for split_on in (("cpu",), ()):
+        monkeypatch.setattr(MLP, "SPLIT_PRODUCTS_ON", split_on)
+        leaf = x.clone().requires_grad_()
+        mlp.zero_grad()
+        out = mlp(leaf)
+        out.square().sum().backward()
+        results.append([out, leaf.grad, mlp.gate_up_proj.weight.grad, mlp.down_proj.weight.grad])
+    split, whole = results
+    assert torch.equal(split[0], whole[0]) and torch.equal(split[2], whole[2])
+    torch.testing.assert_close(split, whole)
 
 
 def test_fresh_model_loss_is_near_ln_vocab() -> None:

@@ -338,12 +338,12 @@ class _ReplayedHeadLoss(torch.autograd.Function):
         return (grad_hidden if wants_hidden else None, grad_weight if wants_weight else None, None, None)
 
 
-# Logits per block in `_HeadLoss` (64 MiB in float32): a block has this many divided by the vocabulary
-# rows. The head's products need rows to run at full speed, and a step's memory should not grow with
-# the batch. With GPT-2's 50,257 tokens, blocks of 41 rows made the head and loss of 4,096 rows 1.3x
-# slower than whole logits (d=320); in a `tiny` step of 2,048 tokens, blocks of 256-1,024 rows took
-# 0.55-0.84x whole logits' time, and one block of 2,048 rows 0.91x. With the shipped 4,096 tokens,
-# blocks of 512 rows made that step 2-3% slower than one block of 2,048 (2-core EPYC VM, fp32).
+# Logits per block in `_HeadLoss` (64 MiB in float32): each block has HEAD_BLOCK_LOGITS // vocabulary
+# rows, so that a step's memory stops growing with the batch, while the head's products get rows
+# enough to run at full speed. With GPT-2's 50,257 tokens, blocks of 41 rows made the head and loss of
+# 4,096 rows 1.3x slower than whole logits (d=320); in a `tiny` step of 2,048 tokens, blocks of
+# 256-1,024 rows were faster than one block of 2,048. With the shipped 4,096 tokens, blocks of 512
+# rows made that step 2-3% slower than one block (2-core EPYC VM, fp32; bench/README.md).
 HEAD_BLOCK_LOGITS = 2**24
 
 

@@ -67,7 +67,9 @@ for preset, rows, dtype in (("tiny", 2, "bf16"), ("tiny", 16, "bf16"), ("tiny", 
             times[name].append(time.perf_counter() - start)
     for name in ("ninth", "tenth"):
         ratios = [a / b for a, b in zip(times[name], times["plain"])]
-        print(f"{preset} {dtype} {x.numel()} tokens: {name} vs plain {statistics.median(ratios):.3f} "
-              f"(step {statistics.median(times[name]) * 1e3:.2f} ms)")
+        print(
+            f"{preset} {dtype} {x.numel()} tokens: {name} vs plain {statistics.median(ratios):.3f} "
+            f"(step {statistics.median(times[name]) * 1e3:.2f} ms)"
+        )
     ratios = [a / b for a, b in zip(times["tenth"], times["ninth"])]
     print(f"  tenth/ninth {statistics.median(ratios):.3f}")
