@@ -43,10 +43,10 @@ PRESET = "tiny"
 DTYPE = "fp32"
 # CPU: a small batch keeps the run short; CUDA: the tiny preset's own batch, as `make train` runs it.
 BATCH = {"cpu": 4, "cuda": 16}
-# paired rounds: a 2-3% effect needs more than 5 on a noisy 2-core VM. On CUDA a step takes ~9 ms of
-# host time whose load drifts: with 60 rounds the median ratio moved by +-1.5% from run to run (H100,
-# tenth session), so 240 rounds (~15 s) halve that.
-REPEATS = {"cpu": 15, "cuda": 240}
+# Paired rounds. Single rounds' ratios stray by +-4% on a 2-core VM and +-5% on the H100: with 15
+# (CPU) and 60 (CUDA) rounds the median ratio moved by +-1.5% from run to run (tenth session); these
+# counts (~35 s on the CPU, ~20 s on CUDA) put it within about +-0.7%.
+REPEATS = {"cpu": 40, "cuda": 240}
 TARGET = 1.03
 
 
