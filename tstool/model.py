@@ -170,7 +170,7 @@ class MLP(nn.Module):
     # Devices where gate and up are two products with the halves of the fused weight rather than one
     # product split in two. On the CPU, silu then reads a contiguous gate and the backward joins the
     # halves' weight gradients instead of copying the (tokens, 2 * ffn_hidden) activation gradient:
-    # the MLP's forward and backward took 3-5% less time, a `small` fp32 step about 3% less. On a GPU,
+    # the MLP's forward and backward took 3-5% less time, whole fp32 steps 0-2.5% less. On a GPU,
     # where a small model's step is bound by launches, the extra products made a `tiny` step 6-8%
     # slower (H100). docs/sweeps/mlp_split_weight.py, bench/README.md.
     SPLIT_PRODUCTS_ON = ("cpu",)
