@@ -37,9 +37,7 @@ SIDES = ("head inside the loss", "whole logits")
 TARGET = 1.0
 
 
-def measure(
-    tokenizer: Path | None, dtype: str, rounds: int
-) -> tuple[dict[str, float], float, tuple[float, float], int]:
+def measure(tokenizer: Path | None, dtype: str, rounds: int) -> tuple[dict[str, float], float, str, int]:
     """Median step seconds per side, the paired whole/inside ratio and its quartiles, and the vocabulary."""
     tok, device, cfg = load_tokenizer(tokenizer), torch.device("cpu"), model_config(PRESET)
     model = tstool_model(cfg, tok.vocab_size, device)
@@ -48,7 +46,7 @@ def measure(
     steps = {side: train_step(model, loss, x, y, dtype) for side, loss in losses.items()}
     seconds = interleaved(steps, rounds)
     medians = {side: seconds.median(side) for side in SIDES}
-    return medians, seconds.ratio(*reversed(SIDES)), seconds.ratio_quartiles(*reversed(SIDES)), tok.vocab_size
+    return medians, seconds.ratio(*reversed(SIDES)), seconds.ratio_spread(*reversed(SIDES)), tok.vocab_size
 
 
 def run(console: Console) -> Result:
@@ -57,14 +55,14 @@ def run(console: Console) -> Result:
     report = table(title, "vocabulary, dtype", "rounds", *columns)
     ratios = {}
     for name, tokenizer, dtype, rounds in CASES:
-        medians, ratio, (first, third), vocab = measure(tokenizer, dtype, rounds)
+        medians, ratio, spread, vocab = measure(tokenizer, dtype, rounds)
         ratios[name, dtype] = ratio
         report.add_row(
             f"{name} ({vocab:,} tokens), {dtype}",
             f"{rounds}",
             *(f"{medians[side] * 1e3:,.0f}" for side in SIDES),
             f"{ratio:.3f}",
-            f"{first:.3f}–{third:.3f}",
+            spread,
         )
     console.print(report)
     threads_note(console)
