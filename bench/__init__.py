@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from tstool.articles import resolve_articles
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
-from tstool.loss import ArticleLoss, LossParts, LossTables
-from tstool.model import TinyLlama, linear
-from tstool.optim import build_optimizer
-from tstool.runtime import autocast
-from tstool.tokenizer import TextTokenizer, load_tokenizer
+from tstool.training.loss import ArticleLoss, LossParts, LossTables
+from tstool.model.llama import TinyLlama, linear
+from tstool.training.optim import build_optimizer
+from tstool.training.runtime import autocast
+from tstool.data.tokenizer import TextTokenizer, load_tokenizer
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits, targets -> scalar loss
@@ -157,7 +157,7 @@ def hf_twin(model: TinyLlama, tok: TextTokenizer, folder: Path) -> nn.Module:
         os.environ.setdefault(name, "1")
     import transformers
 
-    from tstool.hf_export import write_hf_folder
+    from tstool.model.hf_export import write_hf_folder
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

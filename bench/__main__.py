@@ -8,7 +8,7 @@ import time
 
 from rich.console import Console
 
-from tstool.runtime import keep_freed_memory
+from tstool.training.runtime import keep_freed_memory
 
 BENCHMARKS = (
     "train_vs_hf",

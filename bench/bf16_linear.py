@@ -14,7 +14,7 @@ from rich.console import Console
 from torch import nn
 
 from bench import Result, interleaved, model_config, table, threads_note
-from tstool.model import Linear
+from tstool.model.llama import Linear
 
 PRESET = "small"
 TOKENS = 256

@@ -17,8 +17,8 @@ from rich.console import Console
 
 from bench import Result, interleaved, table, threads_note, tokenizer
 from tstool.config import DataConfig
-from tstool.data import load_corpus
-from tstool.packing import tokenize_stories
+from tstool.data.corpus import load_corpus
+from tstool.data.packing import tokenize_stories
 
 REPEATS = 3
 TARGET_S = 15.0

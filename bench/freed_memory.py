@@ -28,7 +28,7 @@ from bench import (
     tstool_loss,
     tstool_model,
 )
-from tstool.runtime import keep_freed_memory
+from tstool.training.runtime import keep_freed_memory
 
 PRESET = "tiny"
 BATCH = 8

@@ -23,8 +23,8 @@ from bench import (
     tstool_model,
 )
 from tstool.config import GenerateConfig
-from tstool.generate import DEFAULT_PROMPTS, decode
-from tstool.model import TinyLlama
+from tstool.analysis.generate import DEFAULT_PROMPTS, decode
+from tstool.model.llama import TinyLlama
 
 PRESET = "tiny"
 NEW_TOKENS = 100

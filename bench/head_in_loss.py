@@ -28,7 +28,7 @@ from bench import (
     tstool_loss,
     tstool_model,
 )
-from tstool.tokenizer import load_tokenizer
+from tstool.data.tokenizer import load_tokenizer
 
 PRESET, BATCH = "tiny", 8
 # (vocabulary, tokenizer, dtype, paired rounds); a bf16 step is several times slower on CPUs without bf16 units

@@ -36,7 +36,7 @@ from bench import (
     train_step,
     tstool_model,
 )
-from tstool.articles import resolve_articles
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
 
 PRESET = "tiny"

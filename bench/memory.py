@@ -34,7 +34,7 @@ from bench import (
     tstool_model,
 )
 from tstool.config import resolve
-from tstool.tokenizer import load_tokenizer
+from tstool.data.tokenizer import load_tokenizer
 
 CASES = {  # name: (preset, tokenizer; None is the shipped one)
     "debug": ("debug", None),

@@ -29,8 +29,8 @@ from bench import (
     tstool_model,
 )
 from tstool.config import ModelConfig
-from tstool.model import flops_per_token
-from tstool.runtime import AUTOCAST_DTYPES, peak_matmul_flops
+from tstool.model.llama import flops_per_token
+from tstool.training.runtime import AUTOCAST_DTYPES, peak_matmul_flops
 
 PRESET = "small"
 DTYPES = ("fp32", "bf16")

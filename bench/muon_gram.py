@@ -26,8 +26,8 @@ from bench import (
     tstool_model,
 )
 from tstool.config import resolve
-from tstool.model import param_groups
-from tstool.optim import by_shape, orthogonalise
+from tstool.model.llama import param_groups
+from tstool.training.optim import by_shape, orthogonalise
 
 PRESET = "tiny"
 REPEATS = 20

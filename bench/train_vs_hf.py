@@ -37,7 +37,7 @@ from bench import (
     tstool_loss,
     tstool_model,
 )
-from tstool.runtime import check_compile, fresh_kernel_cache
+from tstool.training.runtime import check_compile, fresh_kernel_cache
 
 PRESETS = ("tiny", "small")
 DTYPES = ("fp32", "bf16")

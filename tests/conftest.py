@@ -34,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     import torch
 
-    if not torch.cuda.is_available():  # Triton kernels (tstool.fused_loss) then run in its interpreter
+    if not torch.cuda.is_available():  # Triton kernels (tstool.training.fused_loss) then run in its interpreter
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
@@ -114,7 +114,7 @@ def eval_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
     import torch
 
     from tstool.config import resolve
-    from tstool.train import RunOptions, train
+    from tstool.training.trainer import RunOptions, train
 
     overrides = {"base": {}, "weighted": {"train.article_weight": 3.0, "train.max_steps": 10}}
     root = tmp_path_factory.mktemp("eval_runs")

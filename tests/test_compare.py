@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tstool.compare import ROWS, training_time
+from tstool.analysis.compare import ROWS, training_time
 from tstool.config import resolve
 from tstool.ui.comparison import SPARK_WIDTH
 from tstool.ui.evaluation import SPARK_CHARS

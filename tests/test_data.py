@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tstool.config import DataConfig
-from tstool.data import (
+from tstool.data.corpus import (
     BUNDLED_VAL_STORIES,
     Corpus,
     load_corpus,
@@ -20,7 +20,7 @@ from tstool.data import (
     split_stories,
 )
 from tstool.errors import InputError
-from tstool.tokenizer import EOT
+from tstool.data.tokenizer import EOT
 
 STORIES = ["Once upon a time there was a cat.", "The dog ran home.\nIt was happy.", "An owl flew by."]
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tstool import checkpoint as ckpt
-from tstool.articles import resolve_articles
+from tstool.runs import checkpoint as ckpt
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig, Config, DataConfig, ModelConfig, resolve
-from tstool.evaluate import score_logits
-from tstool.metrics_log import read_metrics
-from tstool.model import TinyLlama
-from tstool.packing import load_tokens
-from tstool.probes import DEFAULT_CONTEXTS, SHIFT_MARGIN, ranks_of, slot_probe
-from tstool.tokenizer import load_tokenizer
+from tstool.analysis.evaluate import score_logits
+from tstool.runs.metrics_log import read_metrics
+from tstool.model.llama import TinyLlama
+from tstool.data.packing import load_tokens
+from tstool.analysis.probes import DEFAULT_CONTEXTS, SHIFT_MARGIN, ranks_of, slot_probe
+from tstool.data.tokenizer import load_tokenizer
 
 ARTICLES = [2, 5]
 VOCAB = 8

@@ -10,8 +10,8 @@ import pytest
 
 from tstool.config import resolve
 from tstool.errors import ConfigError
-from tstool.experiment import change, run_action, weight_config
-from tstool.train import RunOptions, train
+from tstool.analysis.experiment import change, run_action, weight_config
+from tstool.training.trainer import RunOptions, train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ARGS = ("--config", "debug", "--max-steps", 8, "--samples", 1, "--max-new-tokens", 16, "--max-blocks", 16)

@@ -11,7 +11,7 @@ import torch
 
 from tstool.config import GenerateConfig
 from tstool.errors import ConfigError
-from tstool.generate import (
+from tstool.analysis.generate import (
     DEFAULT_PROMPTS,
     apply_repetition_penalty,
     decode,
@@ -23,7 +23,7 @@ from tstool.generate import (
     read_prompts,
     sampling_settings,
 )
-from tstool.inference import LoadedModel, load_model
+from tstool.model.loading import LoadedModel, load_model
 
 PROMPT = "Once upon a time there was"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tstool.health import HealthMonitor, ratio_band
+from tstool.training.health import HealthMonitor, ratio_band
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tstool import checkpoint as ckpt
+from tstool.runs import checkpoint as ckpt
 from tstool.config import CONFIG_VERSION, resolve
 from tstool.errors import CheckpointError
-from tstool.hf_export import check_hf_folder, hf_config
-from tstool.inference import load_model
-from tstool.metrics_log import read_metrics
-from tstool.model import TinyLlama, hf_state_dict
-from tstool.tokenizer import EOT, load_tokenizer
-from tstool.train import RunOptions, Trainer, train
+from tstool.model.hf_export import check_hf_folder, hf_config
+from tstool.model.loading import load_model
+from tstool.runs.metrics_log import read_metrics
+from tstool.model.llama import TinyLlama, hf_state_dict
+from tstool.data.tokenizer import EOT, load_tokenizer
+from tstool.training.trainer import RunOptions, Trainer, train
 
 transformers = pytest.importorskip("transformers")
 DEBUG = ["--config", "debug", "--no-live"]

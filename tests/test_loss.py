@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tstool import loss
+from tstool.training import loss
 from tstool.config import ModelConfig
-from tstool.loss import (
+from tstool.training.loss import (
     ARTICLE,
     CE,
     COUNT,
@@ -22,7 +22,7 @@ from tstool.loss import (
     _article_hits,
     weighted_cross_entropy,
 )
-from tstool.model import Model
+from tstool.model.llama import Model
 
 VOCAB = 50
 ARTICLES = [3, 7, 11]
@@ -459,7 +459,7 @@ def fused_and_eager(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Weighted sum, totals and logits gradient (upstream gradient 2) from the Triton kernels, then from
     the eager loss, on TRITON_DEVICE."""
-    from tstool.fused_loss import FusedArticleLoss
+    from tstool.training.fused_loss import FusedArticleLoss
 
     logits, targets = logits.to(TRITON_DEVICE), targets.to(TRITON_DEVICE)
     on_device = tables(5.0).to(TRITON_DEVICE)
@@ -487,7 +487,7 @@ def test_the_fused_loss_gives_the_eager_numbers(
 ) -> None:
     """Sums, counts, hits and the gradient in the logits' dtype, for 21 rows (not a whole number of
     programs) with ignored targets, article hits and misses."""
-    from tstool import fused_loss
+    from tstool.training import fused_loss
 
     monkeypatch.setattr(fused_loss, "MAX_BLOCK_COLUMNS", block_columns)
     logits, targets = batch(shape=(3, 7))
@@ -509,7 +509,7 @@ def test_the_fused_loss_gives_the_eager_numbers(
 @needs_triton
 def test_the_fused_hit_test_counts_ties_as_misses_across_column_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The target tied by a logit in a later block of columns is a miss; alone on top, a hit."""
-    from tstool import fused_loss
+    from tstool.training import fused_loss
 
     monkeypatch.setattr(fused_loss, "MAX_BLOCK_COLUMNS", 16)
     logits = torch.zeros(3, 1, VOCAB)
@@ -538,7 +538,7 @@ def test_the_fused_loss_ignores_any_ignore_index(ignore_index: int) -> None:
 def test_the_fused_loss_reads_and_writes_rows_that_are_not_contiguous_with_each_other() -> None:
     """Logits that are a slice of wider rows: the autograd Function reads them, and the graph's
     in-place gradient lands in the slice, leaving the rest of each row alone."""
-    from tstool import fused_loss
+    from tstool.training import fused_loss
 
     logits, targets = batch(shape=(3, 7))
     wide = torch.randn(21, VOCAB + 7, device=TRITON_DEVICE)
@@ -556,7 +556,7 @@ def test_the_fused_loss_reads_and_writes_rows_that_are_not_contiguous_with_each_
 def test_the_fused_loss_takes_a_first_block_of_minus_infinity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Masked-out logits (-inf) filling a whole block of columns before the finite ones: the online
     logsumexp starts at -inf without computing -inf - -inf."""
-    from tstool import fused_loss
+    from tstool.training import fused_loss
 
     monkeypatch.setattr(fused_loss, "MAX_BLOCK_COLUMNS", 16)
     logits, targets = batch()
@@ -573,7 +573,7 @@ def test_without_triton_the_loss_warns_once_and_runs_without_it(monkeypatch: pyt
     import tstool
 
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
-    monkeypatch.delitem(sys.modules, "tstool.fused_loss", raising=False)
+    monkeypatch.delitem(sys.modules, "tstool.training.fused_loss", raising=False)
     monkeypatch.delattr(tstool, "fused_loss", raising=False)
     article_loss = loss.ArticleLoss(tables(5.0))
     with pytest.warns(
@@ -596,7 +596,7 @@ def test_under_fp16_autocast_the_head_and_loss_are_not_replayed() -> None:
 
 @needs_triton
 def test_the_fused_loss_refuses_a_second_derivative() -> None:
-    from tstool.fused_loss import FusedArticleLoss
+    from tstool.training.fused_loss import FusedArticleLoss
 
     logits, targets = (t.to(TRITON_DEVICE) for t in batch())
     leaf = logits.flatten(0, 1).requires_grad_()
@@ -686,12 +686,12 @@ def test_on_cuda_where_the_triton_kernels_cannot_run_the_loss_runs_without_them_
 ) -> None:
     """A missing Triton, or compiler for its launcher, shows when the kernels are first tried: the CUDA
     graph of ATen operations takes over, with the same numbers."""
-    import tstool.fused_loss
+    import tstool.training.fused_loss
 
     def fails(*args: object) -> None:
         raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
 
-    monkeypatch.setattr(tstool.fused_loss, "sums_and_gradient", fails)
+    monkeypatch.setattr(tstool.training.fused_loss, "sums_and_gradient", fails)
     article_loss = loss.ArticleLoss(tables(5.0).to(torch.device("cuda")))
     with pytest.warns(RuntimeWarning, match=r"the fused Triton loss cannot run here \(RuntimeError: Failed to find C"):
         ours, reference = on_cuda_and_whole_logits(article_loss, torch.float32)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tstool.config import ModelConfig
-from tstool.model import MLP, Linear, Model, flops_per_token, hf_state_dict, param_groups
+from tstool.model.llama import MLP, Linear, Model, flops_per_token, hf_state_dict, param_groups
 
 VOCAB = 97
 MHA = dict(d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=32)

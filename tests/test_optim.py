@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tstool.config import ModelConfig, TrainConfig
-from tstool.model import TinyLlama
-from tstool.optim import Muon, Optimizers, build_optimizer, learning_rate, orthogonalise
+from tstool.model.llama import TinyLlama
+from tstool.training.optim import Muon, Optimizers, build_optimizer, learning_rate, orthogonalise
 
 
 @pytest.mark.parametrize("shape", [(3, 48, 80), (3, 80, 48)])

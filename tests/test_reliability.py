@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tstool import checkpoint as ckpt
+from tstool.runs import checkpoint as ckpt
 from tstool.faults import CRASH_EXIT_CODE
-from tstool.metrics_log import read_metrics
+from tstool.runs.metrics_log import read_metrics
 
 DEBUG = ["--config", "debug"]
 CRASH_POINTS = ("save:weights", "save:state", "save:before-rename", "save:before-link")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tstool.runtime import fresh_kernel_cache, keep_freed_memory
+from tstool.training.runtime import fresh_kernel_cache, keep_freed_memory
 
 # Ten training steps of a small model whose logits (8 x 256 x 4,096 float32) and their gradient are
 # 33.5 MB each, like `tiny`'s; prints the page faults of those steps after three warm-up steps.
@@ -13,8 +13,8 @@ STEPS_SCRIPT = """
 import resource, sys, torch
 import torch.nn.functional as F
 from tstool.config import ModelConfig
-from tstool.model import TinyLlama
-from tstool.runtime import keep_freed_memory
+from tstool.model.llama import TinyLlama
+from tstool.training.runtime import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.manual_seed(0)

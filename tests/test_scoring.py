@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tstool.articles import resolve_articles
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
-from tstool.data import Corpus
+from tstool.data.corpus import Corpus
 from tstool.errors import InputError
-from tstool.inference import load_model
-from tstool.scoring import (
+from tstool.model.loading import load_model
+from tstool.analysis.scoring import (
     CorpusReference,
     binomial_mad,
     context_words,
@@ -23,8 +23,8 @@ from tstool.scoring import (
     score_continuation,
     score_samples,
 )
-from tstool.stats import _context_words, dataset_stats
-from tstool.tokenizer import load_tokenizer
+from tstool.data.stats import _context_words, dataset_stats
+from tstool.data.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)

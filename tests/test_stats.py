@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tstool.articles import resolve_articles
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
-from tstool.data import Corpus
-from tstool.stats import count_article_tokens, count_articles, dataset_stats, find_articles
-from tstool.tokenizer import EOT, load_tokenizer
+from tstool.data.corpus import Corpus
+from tstool.data.stats import count_article_tokens, count_articles, dataset_stats, find_articles
+from tstool.data.tokenizer import EOT, load_tokenizer
 
 # Every article in TEXT, in order: (word, form, sentence-initial). banana, Anna, theater, another and
 # the "a" inside "dog's" are not articles.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tstool.tokenizer import EOT, load_tokenizer
+from tstool.data.tokenizer import EOT, load_tokenizer
 
 
 def test_train_on_local_file(cli_json, tmp_path: Path) -> None:

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from tstool import checkpoint as ckpt
-from tstool import loss
-from tstool.batches import BlockSampler, gather_blocks, split_block
+from tstool.runs import checkpoint as ckpt
+from tstool.training import loss
+from tstool.data.batches import BlockSampler, gather_blocks, split_block
 from tstool.config import resolve
-from tstool.data import load_corpus
-from tstool.metrics_log import read_metrics
-from tstool.packing import load_tokens
-from tstool.tokenizer import load_tokenizer
-from tstool.train import RunOptions, Trainer, train
+from tstool.data.corpus import load_corpus
+from tstool.runs.metrics_log import read_metrics
+from tstool.data.packing import load_tokens
+from tstool.data.tokenizer import load_tokenizer
+from tstool.training.trainer import RunOptions, Trainer, train
 
 DEBUG = ["--config", "debug", "--no-live"]
 

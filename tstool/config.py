@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tstool.errors import ConfigError
 
 CONFIG_VERSION = 1
-PRESET_DIR = Path(__file__).resolve().parent.parent / "config"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data, so installed copies have them
 DEFAULT_PRESET = "tiny"
 
 ArticleForm = Literal["lower_space", "lower_bare", "cap_space", "cap_bare"]
@@ -124,15 +124,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision.")
     compile: bool = Field(False, description="torch.compile the model.")
-    fused_loss: bool = Field(
+    fast_paths: bool = Field(
         True,
-        description="On CUDA, compute the loss in two Triton kernels (one pass over the logits forward, "
-        "one for the gradient); where Triton cannot run, its ATen operations, after a warning.",
-    )
-    cuda_graph_loss: bool = Field(
-        True,
-        description="On CUDA, replay the head and the loss from a CUDA graph per micro-batch shape: faster "
-        "where launches bound the step; keeps that shape's (tokens x vocab) logits, up to 2**27 of them.",
+        description="Use the device's fast path of the loss where there is one (CUDA: a CUDA graph); same numbers.",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = torch's default.")
 
@@ -282,6 +276,11 @@ def resolve(
     return validate(data)
 
 
+# Settings that older runs saved and that no longer exist; dropped when such a run is read or resumed.
+RETIRED_TRAIN_KEYS = ("fused_loss", "cuda_graph_loss")
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a config saved in a run or checkpoint."""
-    return validate(data)
+    train = {k: v for k, v in data.get("train", {}).items() if k not in RETIRED_TRAIN_KEYS}
+    return validate({**data, "train": train} if "train" in data else data)

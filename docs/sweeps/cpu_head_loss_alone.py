@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from bench import article_loss, interleaved, on_logits, plain_loss, tokenizer
-from tstool import loss
-from tstool.articles import resolve_articles
+from tstool.training import loss
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
-from tstool.runtime import keep_freed_memory
+from tstool.training.runtime import keep_freed_memory
 
 keep_freed_memory()  # as `tstool train` and `python -m bench` run
 tok = tokenizer()

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from bench import hf_twin, interleaved, model_config, tokenizer, tstool_model
-from tstool.model import MLP, apply_rope, linear
-from tstool.runtime import keep_freed_memory
+from tstool.model.llama import MLP, apply_rope, linear
+from tstool.training.runtime import keep_freed_memory
 
 keep_freed_memory()  # as `tstool train` and `python -m bench` run
 preset, batch_size, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from tstool.loss import ArticleLoss, LossTables
+from tstool.training.loss import ArticleLoss, LossTables
 
 WIDTH = 160
 ARTICLE_IDS = [262, 257, 281, 383, 317, 1052]  # GPT-2's " the", " a", " an", " The", " A", " An"

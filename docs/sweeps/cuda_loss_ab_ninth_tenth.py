@@ -17,8 +17,8 @@ import time
 import torch
 
 from bench import batch, model_config, on_hidden, on_logits, plain_loss, tokenizer, train_step, tstool_model
-from tstool import loss as new_loss
-from tstool.articles import resolve_articles
+from tstool.training import loss as new_loss
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
 
 device = torch.device("cuda")

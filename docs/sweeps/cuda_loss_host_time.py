@@ -23,8 +23,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench import article_loss, batch, model_config, on_hidden, on_logits, plain_loss, tokenizer, train_step, tstool_model
-from tstool import loss as L
-from tstool.articles import resolve_articles
+from tstool.training import loss as L
+from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
 
 device = torch.device("cuda")

@@ -11,9 +11,9 @@ import sys
 import torch
 
 from bench import GPT2_TOKENIZER, batch, interleaved, model_config, train_step, tstool_loss, tstool_model
-from tstool import loss
-from tstool.runtime import keep_freed_memory
-from tstool.tokenizer import load_tokenizer
+from tstool.training import loss
+from tstool.training.runtime import keep_freed_memory
+from tstool.data.tokenizer import load_tokenizer
 
 keep_freed_memory()  # as `tstool train` and `python -m bench` run
 vocab, dtype, batch_size, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -22,8 +22,8 @@ from bench import (
     train_step,
     tstool_model,
 )
-from tstool.model import MLP
-from tstool.runtime import keep_freed_memory
+from tstool.model.llama import MLP
+from tstool.training.runtime import keep_freed_memory
 
 keep_freed_memory()  # as `tstool train` and `python -m bench` run
 device, rounds = torch.device(sys.argv[1]), int(sys.argv[2])

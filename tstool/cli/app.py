@@ -8,17 +8,17 @@ import typer
 
 from tstool import __version__
 from tstool.cli.commands import (
-    compare_cmd,
-    config_show,
-    diagnose,
-    eval_cmd,
-    experiment_cmd,
-    export_cmd,
-    generate_cmd,
-    plot_cmd,
-    stats_cmd,
-    tokenizer_cmd,
-    train_cmd,
+    compare,
+    config,
+    dataset_stats,
+    diagnose_tokenizer,
+    evaluate,
+    experiment,
+    export_hf,
+    generate,
+    plot,
+    tokenizer,
+    train,
 )
 
 app = typer.Typer(
@@ -29,17 +29,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-app.add_typer(config_show.app, name="config")
-app.command("train")(train_cmd.train)
-app.add_typer(tokenizer_cmd.app, name="tokenizer")
-app.command("diagnose-tokenizer")(diagnose.diagnose_tokenizer)
-app.command("dataset-stats")(stats_cmd.dataset_stats)
-app.command("eval")(eval_cmd.evaluate)
-app.command("plot")(plot_cmd.plot)
-app.command("generate")(generate_cmd.generate)
-app.command("compare")(compare_cmd.compare)
-app.command("experiment")(experiment_cmd.experiment)
-app.command("export-hf")(export_cmd.export_hf)
+app.add_typer(config.app, name="config")
+app.command("train")(train.train)
+app.add_typer(tokenizer.app, name="tokenizer")
+app.command("diagnose-tokenizer")(diagnose_tokenizer.diagnose_tokenizer)
+app.command("dataset-stats")(dataset_stats.dataset_stats)
+app.command("eval")(evaluate.evaluate)
+app.command("plot")(plot.plot)
+app.command("generate")(generate.generate)
+app.command("compare")(compare.compare)
+app.command("experiment")(experiment.experiment)
+app.command("export-hf")(export_hf.export_hf)
 
 
 def _version(value: bool) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from tstool.compare import ROWS, Comparison, RunResult
-from tstool.experiment import ExperimentResult
+from tstool.analysis.compare import ROWS, Comparison, RunResult
+from tstool.analysis.experiment import ExperimentResult
 from tstool.ui.evaluation import sparkline
 from tstool.ui.reports import _add, _table
 from tstool.ui.training import TrainingView

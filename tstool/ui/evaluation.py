@@ -13,8 +13,8 @@ from tstool.ui.reports import _table
 from tstool.ui.training import ratio_text
 
 if TYPE_CHECKING:
-    from tstool.evaluate import EvalReport
-    from tstool.plot import RunCurves
+    from tstool.analysis.evaluate import EvalReport
+    from tstool.analysis.plot import RunCurves
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 VERDICT_STYLE = {"aligned": "bold green", "inconclusive": "yellow", "misaligned": "bold red"}

@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from tstool.generate import Sample
-from tstool.scoring import WORST_CONTEXTS, ArticleScore, SampleScore
+from tstool.analysis.generate import Sample
+from tstool.analysis.scoring import WORST_CONTEXTS, ArticleScore, SampleScore
 from tstool.ui.reports import _add, _table
 
 ARTICLE_STYLE = "bold cyan"

@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tstool.diagnosis import Diagnosis
-from tstool.stats import Progress as ProgressCallback
+from tstool.analysis.diagnosis import Diagnosis
+from tstool.data.stats import Progress as ProgressCallback
 
 STATUS_STYLE = {"ok": "green", "merged": "bold red", "split": "yellow"}
 

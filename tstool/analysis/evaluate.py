@@ -1,0 +1,211 @@
+"""Teacher-forced evaluation of a checkpoint on held-out text, plus the slot and shift probes.
+
+Numbers (all over the same fixed validation blocks as training's evaluation, see `eval_block_ids`):
+- loss_unweighted, ppl and bpb (bits per byte: loss / ln 2 / bytes per token, comparable across tokenizers);
+- article_loss / other_loss / ratio, from `weighted_cross_entropy` with a weight table of ones;
+- article_precision: of positions whose top-1 prediction is an article token, the share whose target is
+  an article too. "Correct" means *any* article here: precision and recall ask whether the model puts an
+  article where one belongs; whether it picks the right one is article_precision_exact / article_acc;
+- article_recall: of article targets, the share whose top-1 prediction is any article;
+- article_acc: of article targets, the share whose top-1 prediction is exactly the target token (its
+  logit above every other; an exact tie for the top is a miss);
+- article_p_target: mean probability of the target at article targets; article_mass: mean total
+  probability of all article tokens there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from tstool.analysis.probes import DEFAULT_CONTEXTS, ShiftProbe, SlotProbe, shift_sums, shift_verdict, slot_probes
+from tstool.config import DataConfig
+from tstool.data.articles import resolve_articles
+from tstool.data.batches import eval_block_ids, gather_blocks, split_block
+from tstool.data.corpus import Split
+from tstool.data.packing import Progress, load_tokens, require_blocks
+from tstool.errors import InputError
+from tstool.model.loading import LoadedModel
+from tstool.training.loss import ARTICLE, HITS, LossParts, LossTables, weighted_cross_entropy
+from tstool.training.trainer import metrics_from_parts
+
+DEFAULT_MAX_BLOCKS = 256
+SPLITS: tuple[Split, ...] = ("train", "val")
+
+
+@dataclass
+class ArticleSums:
+    """0-d tensor sums over positions of one or more batches (see the module docstring)."""
+
+    predicted: torch.Tensor  # positions whose top-1 prediction is an article token
+    hits: torch.Tensor  # of those, positions whose target is an article as well
+    target_prob: torch.Tensor  # sum of p(target) over article targets
+    mass: torch.Tensor  # sum of total article probability over article targets
+
+    def __add__(self, other: ArticleSums) -> ArticleSums:
+        return ArticleSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+def article_sums(logits: torch.Tensor, targets: torch.Tensor, article_mask: torch.Tensor) -> ArticleSums:
+    """Top-1 and probability sums of logits (..., V) against targets (...); article_mask (V,) bool."""
+    flat = logits.reshape(-1, logits.size(-1)).float()  # (N, V)
+    flat_targets = targets.reshape(-1)  # (N,)
+    predicted = article_mask[flat.argmax(dim=-1)]  # (N,)
+    is_article = article_mask[flat_targets]  # (N,)
+    probs = flat[is_article].softmax(dim=-1)  # (A, V): article targets only, a few percent of rows
+    return ArticleSums(
+        predicted=predicted.sum(),
+        hits=(predicted & is_article).sum(),
+        target_prob=probs.gather(1, flat_targets[is_article, None]).sum(),
+        mass=probs[:, article_mask].sum(),
+    )
+
+
+@dataclass
+class EvalSums:
+    """Everything teacher-forced evaluation accumulates over batches."""
+
+    loss: LossParts
+    articles: ArticleSums
+    shift: torch.Tensor  # (2,) CE sums against the next and the after-next token
+    shift_count: int
+
+    def __add__(self, other: EvalSums) -> EvalSums:
+        return EvalSums(
+            self.loss + other.loss,
+            self.articles + other.articles,
+            self.shift + other.shift,
+            self.shift_count + other.shift_count,
+        )
+
+    def metrics(self, bytes_per_token: float) -> dict[str, float | int | None]:
+        base = metrics_from_parts(self.loss)
+        art = {f.name: float(getattr(self.articles, f.name)) for f in fields(self.articles)}
+        targets, correct = base["article_tokens"], float(self.loss.totals[ARTICLE, HITS])
+
+        def share(part: float, whole: float) -> float | None:
+            return part / whole if whole else None
+
+        loss = base["loss_unweighted"]
+        return {
+            "loss_unweighted": loss,
+            "ppl": base["ppl"],
+            "bpb": loss / math.log(2) / bytes_per_token if loss is not None else None,
+            "article_loss": base["article_loss"],
+            "other_loss": base["other_loss"],
+            "ratio": base["ratio"],
+            "article_precision": share(art["hits"], art["predicted"]),
+            "article_recall": share(art["hits"], targets),
+            # an exact hit is an article target predicted exactly, so both exact shares share a numerator
+            "article_precision_exact": share(correct, art["predicted"]),
+            "article_acc": base["article_acc"],
+            "article_p_target": share(art["target_prob"], targets),
+            "article_mass": share(art["mass"], targets),
+            "tokens": base["tokens"],
+            "article_tokens": targets,
+            "predicted_articles": int(art["predicted"]),
+        }
+
+    def shift_probe(self) -> ShiftProbe:
+        next_loss, after_next_loss = (self.shift / self.shift_count).tolist()
+        return shift_verdict(next_loss, after_next_loss, self.shift_count)
+
+
+def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tensor) -> EvalSums:
+    """Pure: the sums of logits (B, T, V) against next-token targets y (B, T) from `split_block`."""
+    shift, count = shift_sums(logits, y)
+    return EvalSums(
+        loss=weighted_cross_entropy(logits, y, LossTables.unweighted(article_mask)),
+        articles=article_sums(logits, y, article_mask),
+        shift=shift,
+        shift_count=count,
+    )
+
+
+def check_split(split: str) -> Split:
+    """The split as `load_tokens` takes it; anything but train or val is an InputError."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split '{split}': use --split val or --split train")
+    return split  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    checkpoint: str
+    step: int
+    article_weight: float  # what the model was trained with, for reading the ratio
+    data: dict[str, Any]  # source, split, stories, tokens, bytes_per_token, blocks, seq_len
+    article_forms: list[dict[str, Any]]  # text and token ID of each single-token form
+    metrics: dict[str, float | int | None]
+    shift: ShiftProbe
+    slots: list[SlotProbe]
+
+    @property
+    def ok(self) -> bool:
+        return self.shift.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in asdict(self).items() if k not in ("shift", "slots")},
+            "ok": self.ok,
+            "shift_probe": self.shift.to_dict(),
+            "slot_probes": [s.to_dict() for s in self.slots],
+        }
+
+
+def _source(cfg: DataConfig) -> str:
+    return cfg.dataset or ", ".join(cfg.files) or "bundled TinyStories sample"
+
+
+@torch.inference_mode()
+def evaluate(
+    loaded: LoadedModel,
+    data: DataConfig,
+    split: str = "val",
+    max_blocks: int | None = DEFAULT_MAX_BLOCKS,
+    contexts: Sequence[str] = DEFAULT_CONTEXTS,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Evaluate `loaded` on `split` of `data`, tokenised with the checkpoint's own tokenizer.
+
+    `max_blocks` caps the blocks of max_seq_len + 1 tokens (None: every block); `progress(done, total)`
+    is called after each batch.
+    """
+    cfg, model, device = loaded.config, loaded.model, loaded.device
+    seq_len = cfg.model.max_seq_len
+    articles = resolve_articles(loaded.tokenizer, cfg.articles)
+    mask = articles.mask_table().to(device)
+    stream = load_tokens(data, check_split(split), loaded.tokenizer)
+    require_blocks(stream, seq_len, split)
+    block_ids = eval_block_ids(len(stream.tokens), seq_len, max_blocks or len(stream.tokens))
+    batch = cfg.train.batch_size
+    sums: EvalSums | None = None
+    for start in range(0, len(block_ids), batch):
+        x, y = split_block(gather_blocks(stream.tokens, block_ids[start : start + batch], seq_len))
+        part = score_logits(model(x.to(device)), y.to(device), mask)
+        sums = part if sums is None else sums + part
+        if progress:
+            progress(min(start + batch, len(block_ids)), len(block_ids))
+    assert sums is not None  # require_blocks guarantees at least one block
+    return EvalReport(
+        checkpoint=str(loaded.path),
+        step=int(loaded.meta["step"]),
+        article_weight=loaded.config.train.article_weight,
+        data={
+            "source": _source(data),
+            "split": split,
+            "stories": stream.num_stories,
+            "tokens": len(stream.tokens),
+            "bytes_per_token": stream.bytes_per_token,
+            "blocks": len(block_ids),
+            "seq_len": seq_len,
+        },
+        article_forms=[{"text": f.text, "id": f.ids[0]} for f in articles.forms if f.single_token],
+        metrics=sums.metrics(stream.bytes_per_token),
+        shift=sums.shift_probe(),
+        slots=slot_probes(model, loaded.tokenizer, articles, contexts),
+    )
