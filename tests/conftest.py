@@ -18,8 +18,7 @@ _HF_HOME: str | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Hugging Face libraries read these when first imported, and Triton reads TRITON_INTERPRET when a
-    kernel is defined, so they are set before any test module loads."""
+    """Hugging Face libraries read these when first imported, so they are set before any test module loads."""
     global _HF_HOME
     _HF_HOME = tempfile.mkdtemp(prefix="tstool-tests-hf-")
     os.environ.update(
@@ -32,10 +31,6 @@ def pytest_configure(config: pytest.Config) -> None:
             "HF_HUB_DISABLE_TELEMETRY": "1",
         }
     )
-    import torch
-
-    if not torch.cuda.is_available():  # Triton kernels (tstool.training.fused_loss) then run in its interpreter
-        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

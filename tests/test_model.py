@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tstool.config import ModelConfig
-from tstool.model.llama import MLP, Linear, Model, flops_per_token, hf_state_dict, param_groups
+from tstool.model.llama import Model, flops_per_token, hf_state_dict, param_groups
 
 VOCAB = 97
 MHA = dict(d_model=64, n_layers=2, n_heads=4, ffn_hidden=96, max_seq_len=32)
@@ -27,24 +27,6 @@ def test_ffn_hidden_is_used_exactly() -> None:
     model = make_model(ffn_hidden=77)
     assert model.layers[0].mlp.down_proj.in_features == 77
     assert model.layers[0].mlp.gate_up_proj.out_features == 2 * 77
-
-
-def test_the_mlp_gives_the_same_numbers_with_its_weight_split_or_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the CPU the MLP multiplies by each half of its gate/up weight, elsewhere by the whole weight
-    once: the same outputs and gradients either way."""
-    mlp = make_model().layers[0].mlp
-    x = torch.randn(2, 16, MHA["d_model"], generator=torch.Generator().manual_seed(4))
-    results = []
-    for split_on in (("cpu",), ()):
-        monkeypatch.setattr(MLP, "SPLIT_PRODUCTS_ON", split_on)
-        leaf = x.clone().requires_grad_()
-        mlp.zero_grad()
-        out = mlp(leaf)
-        out.square().sum().backward()
-        results.append([out, leaf.grad, mlp.gate_up_proj.weight.grad, mlp.down_proj.weight.grad])
-    split, whole = results
-    assert torch.equal(split[0], whole[0]) and torch.equal(split[2], whole[2])
-    torch.testing.assert_close(split, whole)
 
 
 def test_fresh_model_loss_is_near_ln_vocab() -> None:
@@ -138,26 +120,6 @@ def test_dropout_only_in_training() -> None:
 
 def ids(group: dict) -> set[int]:
     return {id(p) for p in group["params"]}
-
-
-def test_bf16_cpu_linear_matches_nn_linear() -> None:
-    # Under CPU bf16 autocast `Linear` takes its own backward; its results must be nn.Linear's.
-    model = make_model().train()
-    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
-    grads = []
-    for use_own_backward in (True, False):
-        if not use_own_backward:  # the same weights through plain nn.Linear
-            for module in model.modules():
-                if isinstance(module, Linear):
-                    module.forward = lambda x, m=module: F.linear(x, m.weight)
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(idx)
-        assert logits.dtype == torch.bfloat16
-        logits.float().logsumexp(-1).sum().backward()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    for ours, reference in zip(*grads, strict=True):
-        torch.testing.assert_close(ours, reference, rtol=0.05, atol=1e-3 * reference.abs().max().item())
 
 
 def test_param_groups_decay_only_linear_matrices() -> None:

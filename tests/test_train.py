@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from tstool.runs import checkpoint as ckpt
-from tstool.training import loss
-from tstool.data.batches import BlockSampler, gather_blocks, split_block
 from tstool.config import resolve
+from tstool.data.batches import BlockSampler, gather_blocks, split_block
 from tstool.data.corpus import load_corpus
-from tstool.runs.metrics_log import read_metrics
 from tstool.data.packing import load_tokens
 from tstool.data.tokenizer import load_tokenizer
-from tstool.training.trainer import RunOptions, Trainer, train
+from tstool.runs import checkpoint as ckpt
+from tstool.runs.metrics_log import read_metrics
+from tstool.training import loss
+from tstool.training.trainer import RunOptions, train
 
 DEBUG = ["--config", "debug", "--no-live"]
 
@@ -270,43 +270,23 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_learn(tmp_path: Path) -> None:
 def test_a_warning_in_the_first_step_is_a_run_event_and_training_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As when the loss cannot be captured in a CUDA graph: it warns once, at its first call, and runs eagerly."""
-    message = "capturing the article loss in a CUDA graph failed (no capture here); it runs eagerly"
-    real_call, calls = loss.ArticleLoss.from_hidden, []
+    """As when the loss cannot be captured in a CUDA graph: it warns once, at its first call, and runs on."""
+    message = "capturing the loss in a CUDA graph failed (no capture here); it runs without one"
+    real_call, calls = loss.HeadLoss.__call__, []
 
-    def warn_once(self: loss.ArticleLoss, *args: torch.Tensor) -> loss.LossParts:
+    def warn_once(self: loss.HeadLoss, *args: torch.Tensor) -> loss.LossParts:
         if not calls:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         calls.append(1)
         return real_call(self, *args)
 
-    monkeypatch.setattr(loss.ArticleLoss, "from_hidden", warn_once)
+    monkeypatch.setattr(loss.HeadLoss, "__call__", warn_once)
     events: list[dict] = []
     cfg = resolve("debug", {"train.max_steps": 3, "train.log_interval": 1})
     summary = train(cfg, RunOptions(out_dir=tmp_path / "run"), events.append)
     assert [e["message"] for e in events if e["event"] == "warning"] == [message]
     assert summary.step == 3
     assert [r["step"] for r in train_records(tmp_path / "run").values()] == [1, 2, 3]
-
-
-def test_training_through_blocks_of_the_head_follows_training_on_whole_logits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Micro-batches of 128 targets in blocks of 48 rows (the last one short), two per step: the same
-    losses, step by step, as the model's logits and the loss on them, which needs the trainer to hand
-    the loss the head weight itself, whose gradient then moves the model."""
-    cfg = resolve("debug", {"train.max_steps": 4, "train.log_interval": 1, "train.grad_accum": 2})
-    cfg.train.article_weight = 5.0
-    monkeypatch.setattr(loss, "HEAD_BLOCK_LOGITS", 48 * load_tokenizer().vocab_size)
-    train(cfg, RunOptions(out_dir=tmp_path / "blocks"))
-
-    def whole_logits(self: Trainer, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> loss.LossParts:
-        return self.loss(model(x), y)  # fp32: no autocast
-
-    monkeypatch.setattr(Trainer, "_loss_parts", whole_logits)
-    train(cfg, RunOptions(out_dir=tmp_path / "whole"))
-    blocks, whole = ([r["loss"] for r in train_records(tmp_path / name).values()] for name in ("blocks", "whole"))
-    assert len(blocks) == 4 and blocks == pytest.approx(whole, rel=1e-5)
 
 
 @pytest.mark.slow
