@@ -8,24 +8,38 @@ WEIGHT ?= 5
 RUN_DIR ?= runs/w$(WEIGHT)
 TRAIN_ARGS ?=
 
-.PHONY: install test test-fast lint train train-baseline resume experiment bench clean
+# One stamp per install level, so each target installs only what it needs, once per pyproject.toml change.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 
-$(BIN)/tstool: pyproject.toml
+.PHONY: install install-dev test test-fast lint train train-baseline resume experiment bench clean
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+# Training, generation and experiments: the package and its runtime dependencies only.
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Tests, lint and benchmarks add the dev extra (pytest, ruff, matplotlib, transformers).
+$(DEV_STAMP): $(RUNTIME_STAMP)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(BIN)/tstool
+install: $(RUNTIME_STAMP)
 
-test: install
+install-dev: $(DEV_STAMP)
+
+test: install-dev
 	$(BIN)/pytest -q
 
-test-fast: install
+test-fast: install-dev
 	$(BIN)/pytest -q -m "not slow"
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check tstool tests bench
 	$(BIN)/ruff format --check tstool tests bench
 
@@ -43,7 +57,7 @@ resume: train
 experiment: install
 	$(BIN)/tstool experiment --config tiny --out-dir runs
 
-bench: install
+bench: install-dev
 	$(BIN)/python -m bench
 
 clean:

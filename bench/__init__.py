@@ -1,12 +1,14 @@
 """Benchmarks of tstool against plain references, run by `python -m bench [NAME ...]` (`make bench`).
 
-Each benchmark module has `run(console) -> Result`: it measures both sides in one process, prints a
-Rich table, and its last output line is the JSON of its `Result`. What both sides share lives here:
-a timer that interleaves the sides, the training step, the models and the article loss.
+Each benchmark module has `run(console) -> Result`: it measures its sides in one process (or in
+fresh processes, in turns), prints a Rich table, and its last output line is the JSON of its `Result`,
+which says what its target guards. What the benchmarks share lives here: the paired timer and its
+quartiles, the models, the losses and the training step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -21,35 +23,77 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from tstool.config import ArticleConfig, Config, ModelConfig, TrainConfig, resolve
 from tstool.data.articles import resolve_articles
-from tstool.config import ArticleConfig, ModelConfig, TrainConfig, resolve
-from tstool.training.loss import ArticleLoss, LossParts, LossTables
-from tstool.model.llama import TinyLlama, linear
-from tstool.training.optim import build_optimizer
-from tstool.training.runtime import autocast
 from tstool.data.tokenizer import TextTokenizer, load_tokenizer
+from tstool.fast import head_loss
+from tstool.model.llama import TinyLlama
+from tstool.training.loss import HeadLoss, LossTables
+from tstool.training.optim import Optimizer, build_optimizer
+from tstool.training.runtime import autocast
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # logits, targets -> scalar loss
 # hidden states (B, T, d), head weight (V, d), targets -> scalar loss: the head and the loss, as tstool trains
-HeadLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ScalarHeadLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # tokens, targets -> scalar loss, under autocast
 ARTICLE_WEIGHT = 5.0
 GPT2_TOKENIZER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gpt2"  # real GPT-2 vocab, merges
+# CPU flags of bf16 arithmetic in hardware (x86: AVX-512 BF16, AMX; Arm: BF16)
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+# ---- results and the paired timer ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and quartiles of paired rounds' ratios: how far one round strays shows whether a median
+    near a bound is a difference or noise."""
+
+    median: float
+    low: float  # first quartile
+    high: float  # third quartile
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        if len(values) == 1:
+            return cls(values[0], values[0], values[0])
+        low, median, high = statistics.quantiles(values, n=4, method="inclusive")
+        return cls(median, low, high)
+
+    @property
+    def quartiles(self) -> str:
+        return f"{self.low:.3f}–{self.high:.3f}"
+
+    def __str__(self) -> str:
+        return f"{self.median:.3f} ({self.quartiles})"
 
 
 @dataclass(frozen=True)
 class Result:
-    """The one JSON line a benchmark ends with. `target` is a bound; README says which direction."""
+    """The one JSON line a benchmark ends with. `guards` says what the target protects and which way
+    the bound goes; `ok` is None where nothing was measured against it (a device this machine lacks, or
+    a figure tracked without a target)."""
 
     name: str
-    value: float
+    value: float | None
     unit: str
     target: float | None
-    ok: bool
+    ok: bool | None
+    guards: str
+    quartiles: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, name: str, spread: Spread, unit: str, target: float, ok: bool, guards: str) -> Result:
+        return cls(name, spread.median, unit, target, ok, guards, (spread.low, spread.high))
 
     def emit(self) -> Result:
-        print(json.dumps(asdict(self) | {"value": round(self.value, 4)}), flush=True)
+        rounded = {
+            "value": None if self.value is None else round(self.value, 4),
+            "quartiles": None if self.quartiles is None else [round(q, 4) for q in self.quartiles],
+        }
+        print(json.dumps(asdict(self) | rounded, ensure_ascii=False), flush=True)
         return self
 
 
@@ -75,45 +119,45 @@ class Timings(dict[str, list[float]]):
         return statistics.median(self[side])
 
     def ratios(self, numerator: str, denominator: str) -> list[float]:
-        """numerator/denominator time of each round. The two calls of a round ran back to back, under
+        """numerator/denominator time of each round. The two sides of a round ran back to back, under
         the same load, so these are steadier on a busy machine than a ratio of medians."""
         return [a / b for a, b in zip(self[numerator], self[denominator], strict=True)]
 
-    def ratio(self, numerator: str, denominator: str) -> float:
-        """Median over rounds of numerator/denominator time."""
-        return statistics.median(self.ratios(numerator, denominator))
-
-    def ratio_quartiles(self, numerator: str, denominator: str) -> tuple[float, float]:
-        """First and third quartile of the rounds' ratios: how far one round's ratio strays."""
-        first, _, third = statistics.quantiles(self.ratios(numerator, denominator), n=4)
-        return first, third
-
-    def ratio_spread(self, numerator: str, denominator: str) -> str:
-        """`ratio_quartiles` as a table cell."""
-        first, third = self.ratio_quartiles(numerator, denominator)
-        return f"{first:.3f}–{third:.3f}"
+    def ratio(self, numerator: str, denominator: str) -> Spread:
+        """Median and quartiles over rounds of numerator/denominator time."""
+        return Spread.of(self.ratios(numerator, denominator))
 
 
-def one_call_seconds(call: Callable[[], object]) -> float:
-    """Runs `call` once and returns its time, such as a first step's, which pays one-time work (compiling, capture)."""
+def seconds_per_call(call: Callable[[], object], calls: int = 1) -> float:
+    """Mean seconds of `calls` calls of `call` in a row; of one, such as a first step's, which pays
+    one-time work (compiling, capture)."""
     start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
 
 
-def interleaved(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timings:
-    """Time the sides in turns (A B A B ...), `repeats` rounds after `warmup` untimed ones, so that
-    load on the machine, which drifts, hits every side alike. Each callable finishes its own device work."""
+def paired_rounds(measures: dict[str, Callable[[], float]], rounds: int) -> Timings:
+    """Each side's measurement (seconds), once per round, the sides back to back so that load on the
+    machine, which drifts, hits them alike; their order reverses every round (A B, B A, ...), so that
+    neither side always runs on caches, or a machine, that the other left."""
+    times = Timings({name: [] for name in measures})
+    order = list(measures.items())
+    for _ in range(rounds):
+        for name, measure in order:
+            times[name].append(measure())
+        order.reverse()
+    return times
+
+
+def interleaved(sides: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, calls: int = 1) -> Timings:
+    """`paired_rounds` of the sides' calls after `warmup` untimed rounds; each round's entry is the mean
+    of `calls` calls in a row. Each callable finishes its own device work."""
     for _ in range(warmup):
         for call in sides.values():
             call()
-    times = Timings({name: [] for name in sides})
-    for _ in range(repeats):
-        for name, call in sides.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
+    measures = {name: functools.partial(seconds_per_call, call, calls) for name, call in sides.items()}
+    return paired_rounds(measures, rounds)
 
 
 def table(title: str, *columns: str) -> Table:
@@ -124,17 +168,31 @@ def table(title: str, *columns: str) -> Table:
 
 
 def threads_note(console: Console) -> None:
-    console.print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · {cpu_name()}")
+    bf16 = "bf16 hardware" if cpu_has_bf16() else "no bf16 hardware"
+    console.print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · {cpu_name()} ({bf16})")
+
+
+def cpu_info(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo; empty where there is none (not Linux)."""
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.split(":", 1)[0].strip() == field:
+            return line.split(":", 1)[1].strip()
+    return ""
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    return cpu_info("model name") or "unknown CPU"
 
 
-# ---- models, batches and the training step ---------------------------------------------------------
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware. Without it, bf16 matmuls are emulated and
+    slower than fp32, so the bf16 CPU cases are targeted only where it is present (and faster)."""
+    flags = set((cpu_info("flags") or cpu_info("Features")).split())
+    return bool(flags & BF16_CPU_FLAGS)
+
+
+# ---- models, batches, losses and the training step -------------------------------------------------
 
 
 def tokenizer() -> TextTokenizer:
@@ -182,34 +240,37 @@ def plain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
-def on_logits(loss: LossFn) -> HeadLoss:
-    """`loss` on the whole logits of the head, formed first as tstool's model forms them."""
-    return lambda hidden, weight, targets: loss(linear(hidden, weight), targets)
+def on_logits(loss: LossFn) -> ScalarHeadLoss:
+    """`loss` on the head's logits, formed as tstool's model forms them."""
+    return lambda hidden, weight, targets: loss(F.linear(hidden, weight), targets)
+
+
+def loss_tables(tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT) -> LossTables:
+    """The weight and article tables of tstool's loss at article weight `weight`, as `tstool train` builds them."""
+    articles = resolve_articles(tok, ArticleConfig(), require_single=True)
+    return LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
+
+
+def weighted_mean(loss: HeadLoss) -> ScalarHeadLoss:
+    """tstool's loss as one scalar: the weighted sum over the total weight. Training divides by the
+    total weight too, summed from the targets on the CPU; here the loss's own totals give it."""
+
+    def mean(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        parts = loss(hidden, weight, targets)
+        return parts.weighted_sum / parts.weight_sum.float()  # float32, as training scales it
+
+    return mean
 
 
 def article_loss(
-    tok: TextTokenizer,
-    device: torch.device,
-    weight: float = ARTICLE_WEIGHT,
-    cuda_graphs: bool = True,
-    whole_logits: bool = False,
-    fused: bool = True,
-) -> HeadLoss:
-    """tstool's training loss (`ArticleLoss.from_hidden`: the head, then weighted CE with the article
-    weight table, and its article breakdown); with `whole_logits`, `ArticleLoss` on the head's logits."""
-    articles = resolve_articles(tok, ArticleConfig(), require_single=True)
-    tables = LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
-    loss = ArticleLoss(tables, cuda_graphs=cuda_graphs, fused=fused)
-
-    def mean(parts: LossParts) -> torch.Tensor:
-        return parts.weighted_sum / parts.weight_sum.float()  # float32, as training scales it
-
-    if whole_logits:
-        return on_logits(lambda logits, targets: mean(loss(logits, targets)))
-    return lambda hidden, head_weight, targets: mean(loss.from_hidden(hidden, head_weight, targets))
+    tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT, fast_paths: bool = True
+) -> ScalarHeadLoss:
+    """tstool's training loss, the head and weighted CE with its article breakdown, as `tstool train`
+    picks it for `device` (`tstool.fast.head_loss`; with `fast_paths` off, the reference `HeadLoss`)."""
+    return weighted_mean(head_loss(loss_tables(tok, device, weight), device, fast_paths))
 
 
-def on_hidden(model: TinyLlama, loss: HeadLoss, forward: nn.Module | None = None) -> BatchLoss:
+def on_hidden(model: TinyLlama, loss: ScalarHeadLoss, forward: nn.Module | None = None) -> BatchLoss:
     """The batch loss of tstool's model as `tstool train` computes it: the hidden states from `forward`
     (default: the model; or a compiled one), then `loss` applies the tied head."""
     forward = model if forward is None else forward
@@ -221,11 +282,10 @@ def tstool_loss(
     tok: TextTokenizer,
     weight: float = ARTICLE_WEIGHT,
     forward: nn.Module | None = None,
-    whole_logits: bool = False,
+    fast_paths: bool = True,
 ) -> BatchLoss:
     """tstool's training loss on its model's batches, at `weight` (`article_loss`)."""
-    loss = article_loss(tok, model.lm_head.weight.device, weight, whole_logits=whole_logits)
-    return on_hidden(model, loss, forward)
+    return on_hidden(model, article_loss(tok, model.lm_head.weight.device, weight, fast_paths), forward)
 
 
 def hf_loss(forward: Forward) -> BatchLoss:
@@ -234,19 +294,47 @@ def hf_loss(forward: Forward) -> BatchLoss:
 
 
 def train_step(
-    model: nn.Module, loss: BatchLoss, x: torch.Tensor, y: torch.Tensor, dtype: str, train: TrainConfig | None = None
+    model: nn.Module,
+    loss: BatchLoss,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: str,
+    train: TrainConfig | None = None,
+    optimizer: Optimizer | None = None,
 ) -> Callable[[], None]:
-    """One optimizer step as tstool trains: the loss under autocast, backward, and the optimizer of
-    `train` (default: tstool's fused AdamW)."""
-    device = x.device
-    optimizer = build_optimizer(model, train or TrainConfig(), device)
+    """One optimizer step as `tstool train` runs it: the loss under autocast, backward, the gradient
+    norm (clipped at `train.grad_clip`), and `optimizer` (default: the one `train` builds; tstool's
+    default settings give fused AdamW)."""
+    device, train = x.device, train or TrainConfig()
+    optimizer = optimizer or build_optimizer(model, train, device)
 
     def step() -> None:
         with autocast(device, dtype):
             value = loss(x, y)
         value.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
 
     return step
+
+
+def preset_step(
+    model: TinyLlama,
+    tok: TextTokenizer,
+    cfg: Config,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fast_paths: bool = True,
+    optimizer: Optimizer | None = None,
+) -> Callable[[], None]:
+    """A training step of preset `cfg` as `tstool train` runs it: its article weight, dtype, gradient
+    clipping and optimizer (default: the one it builds)."""
+    loss = tstool_loss(model, tok, cfg.train.article_weight, fast_paths=fast_paths)
+    return train_step(model, loss, x, y, cfg.train.dtype, cfg.train, optimizer)
+
+
+def preset_batch(cfg: Config, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` at preset `cfg`'s batch size and sequence length."""
+    return batch(vocab_size, cfg.train.batch_size, cfg.model.max_seq_len, device)

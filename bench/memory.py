@@ -1,14 +1,14 @@
-"""Peak resident memory of a training step per preset, each in a fresh process, with tstool's loss
-and, side by side, with the same loss on whole logits.
+"""Peak resident memory of a training step per preset, each in a fresh process, with tstool's loss.
 
-A child process (`python -m bench.memory PRESET TOKENIZER LOSS`) builds the preset's model, a batch of
-the preset's batch size and sequence length, and runs two full steps (article loss, fused AdamW; the
-second has optimizer state, and is timed), then reports its peak resident set (see `peak_rss_mb`). LOSS is `tstool`
-(`ArticleLoss.from_hidden`, which never forms the whole logits on the CPU) or `whole` (the head's
-logits, then `ArticleLoss`). Besides the presets with the shipped tokenizer, `tiny` runs with GPT-2's
-50,257-token vocabulary, where the logits dominate (`small` at its batch of 32 would need about 7 GB
-with whole logits). The start-up figure (imports, before the model) is reported beside it. There is
-no target: value is the largest peak with tstool's loss and the shipped tokenizer, for tracking.
+A child process (`python -m bench.memory PRESET TOKENIZER`) builds the preset's model and a batch of
+the preset's batch size and sequence length, and runs two steps as `tstool train` runs them (the
+preset's loss, optimizer and dtype; the second step has optimizer state, and is timed), then reports
+its peak resident set (see `peak_rss_mb`). Besides the presets with the shipped tokenizer, `tiny`
+runs with GPT-2's 50,257-token vocabulary, where the logits dominate. The start-up figure (imports,
+before the model) is reported beside it.
+
+Value: the largest peak with the shipped tokenizer, MB. No target: tracked, so that a change in
+memory shows from one run to the next.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from rich.console import Console
 from bench import (
     GPT2_TOKENIZER,
     Result,
-    batch,
-    one_call_seconds,
+    preset_batch,
+    preset_step,
+    seconds_per_call,
     table,
     threads_note,
-    train_step,
-    tstool_loss,
     tstool_model,
 )
 from tstool.config import resolve
 from tstool.data.tokenizer import load_tokenizer
+from tstool.training.runtime import keep_freed_memory
 
 CASES = {  # name: (preset, tokenizer; None is the shipped one)
     "debug": ("debug", None),
@@ -42,7 +42,7 @@ CASES = {  # name: (preset, tokenizer; None is the shipped one)
     "small": ("small", None),
     "tiny, GPT-2 vocabulary": ("tiny", GPT2_TOKENIZER),
 }
-LOSSES = ("tstool", "whole")
+GUARDS = "nothing: tracked, for a reader to compare with the previous run"
 
 
 def peak_rss_mb() -> float:
@@ -57,15 +57,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS, the other /proc-less OS
 
 
-def measure(preset: str, tokenizer: Path | None, loss: str) -> dict[str, float]:
+def measure(preset: str, tokenizer: Path | None) -> dict[str, float]:
     """In this process: RSS after imports, then peak RSS over two training steps of `preset`."""
+    keep_freed_memory()  # as every training process runs
     start = peak_rss_mb()
     tok, device, cfg = load_tokenizer(tokenizer), torch.device("cpu"), resolve(preset)
     model = tstool_model(cfg.model, tok.vocab_size, device)
-    x, y = batch(tok.vocab_size, cfg.train.batch_size, cfg.model.max_seq_len, device)
-    step = train_step(model, tstool_loss(model, tok, whole_logits=loss == "whole"), x, y, cfg.train.dtype)
+    x, y = preset_batch(cfg, tok.vocab_size, device)
+    step = preset_step(model, tok, cfg, x, y)
     step()
-    seconds = one_call_seconds(step)
+    seconds = seconds_per_call(step)
     return {
         "startup_mb": start,
         "peak_mb": peak_rss_mb(),
@@ -75,36 +76,33 @@ def measure(preset: str, tokenizer: Path | None, loss: str) -> dict[str, float]:
     }
 
 
-def child(preset: str, tokenizer: Path | None, loss: str) -> dict[str, float]:
-    command = [sys.executable, "-m", "bench.memory", preset, str(tokenizer or ""), loss]
+def child(preset: str, tokenizer: Path | None) -> dict[str, float]:
+    command = [sys.executable, "-m", "bench.memory", preset, str(tokenizer or "")]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
-def run(console: Console) -> Result:
-    title = "memory: peak RSS of a training step (fresh process per case and loss)"
-    whole = "whole logits: peak MB, 2nd step s"
-    columns = ("params", "tokens/step", "start-up MB", "peak MB", "step MB", "2nd step s", whole)
+def run(console: Console, cases: dict[str, tuple[str, Path | None]] = CASES) -> Result:
+    title = "memory: peak RSS of two training steps (fresh process per case)"
+    columns = ("params", "tokens/step", "start-up MB", "peak MB", "step MB", "2nd step s")
     report = table(title, "case", *columns)
     peaks = []
-    for name, (preset, tokenizer) in CASES.items():
-        found = {loss: child(preset, tokenizer, loss) for loss in LOSSES}
-        ours = found["tstool"]
-        if tokenizer is None:  # comparable with earlier runs
-            peaks.append(ours["peak_mb"])
+    for name, (preset, tokenizer) in cases.items():
+        found = child(preset, tokenizer)
+        if tokenizer is None:  # comparable from run to run
+            peaks.append(found["peak_mb"])
         report.add_row(
             name,
-            f"{ours['parameters']:,}",
-            f"{ours['tokens']:,}",
-            f"{ours['startup_mb']:,.0f}",
-            f"{ours['peak_mb']:,.0f}",
-            f"{ours['peak_mb'] - ours['startup_mb']:,.0f}",
-            f"{ours['seconds']:.2f}",
-            f"{found['whole']['peak_mb']:,.0f}, {found['whole']['seconds']:.2f}",
+            f"{found['parameters']:,}",
+            f"{found['tokens']:,}",
+            f"{found['startup_mb']:,.0f}",
+            f"{found['peak_mb']:,.0f}",
+            f"{found['peak_mb'] - found['startup_mb']:,.0f}",
+            f"{found['seconds']:.2f}",
         )
     console.print(report)
     threads_note(console)
-    return Result("memory", max(peaks), "MB (peak RSS, largest preset)", None, True)
+    return Result("memory", max(peaks), "MB (peak RSS, largest preset)", None, None, GUARDS)
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]) if sys.argv[2] else None, sys.argv[3])))
+    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]) if sys.argv[2] else None)))

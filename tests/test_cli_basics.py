@@ -77,6 +77,18 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
 }
 
 
+def test_split_validation_is_val_for_dataset_stats(cli_json) -> None:
+    val = cli_json("dataset-stats", "--split", "val", "--limit", 3)
+    assert cli_json("dataset-stats", "--split", "validation", "--limit", 3) == val
+
+
+def test_split_validation_is_val_for_eval(tiny_run: Path, cli_json, user_error, cli) -> None:
+    doc = cli_json("eval", "--checkpoint", tiny_run, "--split", "validation", "--max-blocks", 2)
+    assert doc["data"]["split"] == "val"
+    assert doc["metrics"] == cli_json("eval", "--checkpoint", tiny_run, "--split", "val", "--max-blocks", 2)["metrics"]
+    user_error(cli("eval", "--checkpoint", tiny_run, "--split", "valid"), "unknown split 'valid'")
+
+
 @pytest.fixture
 def bad_files(tmp_path: Path) -> Path:
     (tmp_path / "empty.txt").write_bytes(b"")

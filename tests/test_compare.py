@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tstool.analysis.compare import ROWS, training_time
+from tstool.analysis.compare import NOT_AVAILABLE, ROWS, training_time
 from tstool.config import resolve
 from tstool.ui.comparison import SPARK_WIDTH
 from tstool.ui.evaluation import SPARK_CHARS
@@ -96,3 +97,47 @@ def test_bad_input_exits_2(
     Path("NO_CKPT/metrics.jsonl").write_text((eval_runs("base") / "metrics.jsonl").read_text())
     args = [str(eval_runs("base")) if a == "RUN" else a for a in args]
     user_error(cli("compare", *args), fragment)
+
+
+# Stories without "a", "an" or "the": the corpus statistics of a run trained on them count no articles.
+NO_ARTICLE_WORDS = (
+    "Tom Lily dog cat ran jumped played with ball in park sun was happy big red said hello to friend".split()
+)
+
+
+@pytest.fixture
+def no_article_run(tmp_path: Path, one_thread: None) -> Path:
+    """A debug run trained on a text file whose stories use no articles."""
+    from tstool.training.trainer import RunOptions, train
+
+    rng = random.Random(0)
+    stories = [" ".join(rng.choice(NO_ARTICLE_WORDS) for _ in range(60)) + "." for _ in range(200)]
+    data = tmp_path / "no-articles.txt"
+    data.write_text("\n<|endoftext|>\n".join(stories), encoding="utf-8")
+    out = tmp_path / "no-articles"
+    train(resolve("debug", {"train.threads": 1, "data.files": [str(data)]}), RunOptions(out_dir=out))
+    return out
+
+
+def test_compare_a_run_without_corpus_articles_shows_na(
+    no_article_run: Path, eval_runs: Callable[[str], Path], cli_json: Callable, cli: Callable
+) -> None:
+    doc = cli_json("compare", no_article_run, eval_runs("base"), *SMALL)
+    bare, base = doc["runs"]
+    corpus_rows = [row.key for row in ROWS if row.needs_corpus]
+    assert corpus_rows == ["corpus_per_100_words", "gen_verdict", "context_divergence"]
+    assert all(bare["values"][key] is None for key in corpus_rows)
+    assert all(base["values"][key] is not None for key in corpus_rows)  # the other run keeps its score
+    assert bare["values"]["gen_per_100_words"] == bare["generation"]["per_100_words"]  # counted without a corpus
+    assert "count no articles" in bare["generation"]["corpus_error"]
+    assert any(note.startswith("no-articles has no corpus statistics") for note in doc["notes"])
+    rows = {row["key"]: row for row in doc["rows"]}
+    assert rows["gen_per_100_words"]["best"] == []  # only one run has a corpus rate to be close to
+
+    result = cli("compare", no_article_run, *SMALL)
+    assert result.exit_code == 0, result.stderr
+    table = {
+        line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines() if "│" in line
+    }
+    assert all(table[row.label] == NOT_AVAILABLE for row in ROWS if row.needs_corpus)
+    assert table["val bits per byte"] != NOT_AVAILABLE

@@ -178,3 +178,30 @@ def test_init_from_accepts_a_shorter_context_but_not_a_longer_one(exported: Path
     check_hf_folder(exported, resolve("debug", {"model.max_seq_len": 16}).model, tokenizer)
     with pytest.raises(CheckpointError, match=r"model.max_seq_len: 32 -> 64 \(max_position_embeddings\)"):
         check_hf_folder(exported, resolve("debug", {"model.max_seq_len": 64}).model, tokenizer)
+
+
+def test_transformers_generate_on_the_export_samples_the_corrected_distribution(
+    eval_runs, cli_json, tmp_path: Path
+) -> None:
+    """The correction travels in generation_config.json: generate()'s processed scores are tstool's raw
+    logits lowered by tau * log w at the article IDs, and a weight-1 export carries none."""
+    from tstool.analysis.calibration import correction_bias, weight_table_of
+
+    weighted = eval_runs("weighted")  # article weight 3
+    document = cli_json("export-hf", "--checkpoint", weighted, "--out", tmp_path / "hf", "--correction", "0.8")
+    assert document["correction"]["tau"] == 0.8 and document["sequence_bias"]
+    loaded = load_model(weighted)
+    theirs = load_hf(tmp_path / "hf")
+    prompt = torch.tensor([loaded.tokenizer.encode("Once upon a time there was")])
+    with torch.no_grad():
+        scores = theirs.generate(
+            prompt, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True
+        ).scores[0]
+        expected = loaded.model(prompt)[:, -1] + correction_bias(weight_table_of(loaded), 0.8)
+    assert (scores - expected).abs().max().item() <= 1e-4
+    article_ids = [pair[0][0] for pair in document["sequence_bias"]]
+    assert sorted(article_ids) == sorted(i for i, w in enumerate(weight_table_of(loaded).tolist()) if w != 1.0)
+    plain = cli_json("export-hf", "--checkpoint", eval_runs("base"), "--out", tmp_path / "plain")
+    assert plain["sequence_bias"] == [] and "sequence_bias" not in json.loads(
+        (tmp_path / "plain" / "generation_config.json").read_text()
+    )

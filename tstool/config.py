@@ -100,6 +100,11 @@ class ArticleConfig(Section):
 
 class TrainConfig(Section):
     article_weight: float = Field(1.0, ge=0.0, le=1000.0, description="Loss weight of article targets (1 = plain CE).")
+    logit_adjusted: bool = Field(
+        False,
+        description="Add log(article_weight) to the article logits inside the loss (the logit-adjusted loss): "
+        "articles keep the weight's gradient, but the model is not pushed to over-predict them.",
+    )
     batch_size: int = Field(32, ge=1, description="Sequences per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_steps: int = Field(1000, ge=1, description="Optimizer steps; the schedule's length.")

@@ -25,6 +25,10 @@ class CheckpointError(TstoolError):
     """A checkpoint that is missing, damaged, untrusted or incompatible."""
 
 
+class RunLocked(TstoolError):
+    """A run folder that another process is training into: one writer per run folder."""
+
+
 class DeviceError(TstoolError):
     """A requested device or dtype that this machine cannot provide."""
 

@@ -1,14 +1,15 @@
-"""The recipe sweep behind `config/tiny.yaml`: many `tstool train` runs side by side on one GPU.
+"""The recipe sweep behind `tstool/presets/tiny.yaml`: many `tstool train` runs side by side on one GPU.
 
 `make train` has a time budget on 2 CPU cores, so each setting gets the number of optimizer steps that
 its shape, batch and optimizer fit into TRAIN_SECONDS there (CPU tokens/s measured per setting, below),
-and the runs compare final validation bits per byte at equal CPU time. A GPU runs the same fp32
-arithmetic as the CPU, only faster, so 16 runs take under two minutes.
+and the runs compare final validation bits per byte at equal CPU time. A GPU trains in the same
+precision (fp32) as the CPU, only faster: 16 runs side by side on one NVIDIA H200 took 39-132 s each.
 
     PYTHONPATH=. python docs/sweeps/recipe_sweep.py first    # the base grid, then two adaptive rounds
     PYTHONPATH=. python docs/sweeps/recipe_sweep.py final    # the last round around the best setting
 
-One JSON line per run is appended to $OUT/sweep.jsonl (docs/sweeps/sweep-*.jsonl are those files).
+One JSON line per run is appended to $OUT/sweep.jsonl (docs/sweeps/sweep-*.jsonl are those files;
+docs/sweeps/README.md summarises them). SWEEP_DEVICE=cpu SWEEP_PARALLEL=2 runs the jobs on the CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PARALLEL = int(os.environ.get("SWEEP_PARALLEL", "16"))
 DEADLINE = time.time() + float(os.environ.get("SWEEP_DEADLINE", "420"))
 EVAL_BLOCKS = 256
 FFN = {128: 352, 160: 432, 192: 512, 224: 608}
-# Training tokens/s on the 2-core AMD EPYC CI-like machine, by (optimizer, d_model, layers, batch).
+# Training tokens/s on a 2-core AMD EPYC machine (2026-11-26), by (optimizer, d_model, layers, batch).
 CPU_TOKENS_PER_S = {
     ("adamw", 160, 4, 16): 4500,
     ("adamw", 160, 4, 8): 5000,

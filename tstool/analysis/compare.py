@@ -3,7 +3,9 @@
 Every run is evaluated on the same validation blocks (the first run's data section, tokenised with
 each run's own tokenizer), generates from the same prompts with the same sampling settings and seed,
 and is scored against the corpus statistics of its training data. Runs with different tokenizers
-compare on bits per byte: per-token losses are then not marked best (see `Row.per_token`).
+compare on bits per byte: per-token losses are then not marked best (see `Row.per_token`). A run
+whose corpus statistics cannot be had (a training corpus without articles) can still be compared:
+its corpus-relative rows are "n/a" (see `compare_runs`' `corpus_optional`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ from tstool.analysis.evaluate import DEFAULT_MAX_BLOCKS, EvalReport, evaluate
 from tstool.analysis.generate import DEFAULT_PROMPTS, Sample, generate_samples, sampling_settings
 from tstool.analysis.plot import Record, RunCurves, _unique_labels, load_curves
 from tstool.analysis.probes import DEFAULT_CONTEXTS
-from tstool.analysis.scoring import DEFINITIONS, MIN_WORDS, ArticleScore, reference_for_run, score_samples
+from tstool.analysis.scoring import (
+    DEFINITIONS,
+    MIN_WORDS,
+    ArticleScore,
+    CorpusReference,
+    reference_for_run,
+    score_samples,
+)
 from tstool.config import Config, DataConfig, GenerateConfig, from_dict
+from tstool.data.stats import ArticleCounts, count_articles
 from tstool.errors import InputError
-from tstool.model.loading import load_model
+from tstool.model.loading import LoadedModel, load_model
 from tstool.runs import checkpoint as ckpt
 
 DEFAULT_SAMPLES = 8  # per prompt: 5 prompts x 8 x 200 tokens gives a few thousand words per run
@@ -33,6 +43,7 @@ SLOT_ARTICLE = " a"
 EVAL_ROWS = ("loss_unweighted", "ppl", "bpb", "article_loss", "article_precision", "article_recall")
 # Data settings that do not change which text is evaluated.
 DATA_BOOKKEEPING = ("tokenizer", "cache_dir")
+NOT_AVAILABLE = "n/a"  # a corpus-relative cell of a run without corpus statistics
 
 Emit = Callable[[dict[str, Any]], None]
 Better = Literal["min", "max", "corpus"]
@@ -47,8 +58,12 @@ class Row:
     fmt: str  # format spec of the value
     better: Better | None = None  # "corpus": closest to the corpus rate
     per_token: bool = False  # nats per token: only comparable between runs with the same tokenizer
+    needs_corpus: bool = False  # measured against the run's corpus statistics
 
-    def format(self, value: Any) -> str:
+    def format(self, value: Any, available: bool = True) -> str:
+        """The cell: NOT_AVAILABLE when the run cannot have this row, "-" when the measurement is missing."""
+        if not available:
+            return NOT_AVAILABLE
         return "-" if value is None else format(value, self.fmt)
 
 
@@ -61,9 +76,9 @@ ROWS: tuple[Row, ...] = (
     Row("article_precision", "article precision", ".1%", "max"),
     Row("article_recall", "article recall", ".1%", "max"),
     Row("gen_per_100_words", "generated articles / 100 words", ".2f", "corpus"),
-    Row("corpus_per_100_words", "corpus articles / 100 words", ".2f"),
-    Row("gen_verdict", "generation verdict", "s"),
-    Row("context_divergence", "context divergence", ".3f", "min"),
+    Row("corpus_per_100_words", "corpus articles / 100 words", ".2f", needs_corpus=True),
+    Row("gen_verdict", "generation verdict", "s", needs_corpus=True),
+    Row("context_divergence", "context divergence", ".3f", "min", needs_corpus=True),
     Row("slot_article_mass", f"slot article mass (mean of {len(DEFAULT_CONTEXTS)} contexts)", ".2%", "max"),
     Row("slot_p_a", f"p({SLOT_ARTICLE!r}) after {SLOT_CONTEXT!r}", ".2%", "max"),
     Row("step", "steps", ",d"),
@@ -101,8 +116,14 @@ class RunResult:
     tokenizer_sha256: str
     report: EvalReport
     samples: list[Sample]
-    score: ArticleScore
+    generated: ArticleCounts  # articles in the generations, counted without the corpus
+    score: ArticleScore | None  # None: no corpus statistics, see corpus_error
     curves: RunCurves
+    corpus_error: str | None = None  # why the run has no corpus statistics
+
+    def available(self, row: Row) -> bool:
+        """False for a row measured against corpus statistics that this run does not have."""
+        return self.score is not None or not row.needs_corpus
 
     @property
     def slot_article_mass(self) -> float | None:
@@ -119,14 +140,14 @@ class RunResult:
 
     def values(self) -> dict[str, Any]:
         """The value of every row in ROWS."""
-        m, last_train = self.report.metrics, (self.curves.train or [{}])[-1]
+        m, last_train, score = self.report.metrics, (self.curves.train or [{}])[-1], self.score
         return {
             "article_weight": self.article_weight,
             **{key: m[key] for key in EVAL_ROWS},
-            "gen_per_100_words": self.score.per_100_words,
-            "corpus_per_100_words": self.score.reference.per_100_words,
-            "gen_verdict": self.score.verdict,
-            "context_divergence": self.score.contexts.value,
+            "gen_per_100_words": self.generated.per_100_words(),
+            "corpus_per_100_words": score.reference.per_100_words if score else None,
+            "gen_verdict": score.verdict if score else None,
+            "context_divergence": score.contexts.value if score else None,
             "slot_article_mass": self.slot_article_mass,
             "slot_p_a": self.slot_p_a,
             "step": self.report.step,
@@ -134,9 +155,21 @@ class RunResult:
             "wall_time_s": training_time(self.curves.train),
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def generation(self) -> dict[str, Any]:
+        """The article score of the generations; without corpus statistics, the counts and why."""
+        if self.score is None:
+            counts = self.generated
+            return {
+                "words": counts.words,
+                "count": counts.total,
+                "per_100_words": counts.per_100_words(),
+                "corpus_error": self.corpus_error,
+            }
         score = self.score.to_dict()
         del score["definitions"]  # once per comparison, not per run
+        return score
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "path": str(self.path),
@@ -144,7 +177,7 @@ class RunResult:
             "tokenizer_sha256": self.tokenizer_sha256,
             "values": self.values(),
             "eval": self.report.to_dict(),
-            "generation": score,
+            "generation": self.generation(),
             "samples": [{"prompt": s.prompt, "continuation": s.continuation} for s in self.samples],
             "curves": {"train_loss": self.loss_curve("train"), "val_loss": self.loss_curve("val")},
         }
@@ -184,6 +217,8 @@ class Comparison:
             if value is None:
                 continue
             if row.better == "corpus":
+                if values["corpus_per_100_words"] is None:
+                    continue  # no corpus rate to be close to
                 value = abs(value - values["corpus_per_100_words"])
             scored.append((-value if row.better == "max" else value, run.label))
         if len(scored) < 2:
@@ -223,12 +258,15 @@ def _notes(runs: Sequence[RunResult], data_differs: bool) -> list[str]:
         notes.append(f"the runs were trained on different data; all are evaluated on {first}'s validation text")
     if any(r.report.data["seq_len"] != runs[0].report.data["seq_len"] for r in runs):
         notes.append("the runs have different context lengths, so their evaluation blocks differ")
-    short = [r.label for r in runs if r.score.counts.words < MIN_WORDS]
+    short = [r.label for r in runs if r.generated.words < MIN_WORDS]
     if short:
         notes.append(
             f"{', '.join(short)} generated fewer than {MIN_WORDS} words: the article rate is too noisy for a verdict; "
             "raise --samples or --max-new-tokens"
         )
+    for r in runs:
+        if r.score is None:
+            notes.append(f"{r.label} has no corpus statistics, so its corpus-relative rows are n/a: {r.corpus_error}")
     return notes
 
 
@@ -251,6 +289,24 @@ def check_runs(paths: Sequence[Path]) -> list[RunSource]:
     ]
 
 
+def generated_counts(samples: Sequence[Sample], words: Sequence[str]) -> ArticleCounts:
+    """Articles in the continuations (never their prompts); needs no corpus statistics."""
+    total = ArticleCounts()
+    for s in samples:
+        total += count_articles(s.prompt + s.continuation, words, len(s.prompt))
+    return total
+
+
+def corpus_reference(loaded: LoadedModel, optional: bool) -> tuple[CorpusReference | None, str | None]:
+    """The run's corpus statistics, or (None, why) when `optional` and they cannot be had (no articles)."""
+    try:
+        return reference_for_run(loaded)[0], None
+    except InputError as exc:
+        if not optional:
+            raise
+        return None, str(exc)
+
+
 def measure_run(
     source: RunSource,
     data: DataConfig,
@@ -259,6 +315,7 @@ def measure_run(
     max_blocks: int | None,
     device: str | torch.device,
     emit: Emit,
+    corpus_optional: bool = False,
 ) -> RunResult:
     """Evaluate one run on `data`'s validation split, generate with `settings` and `seed`, score."""
     label = source.curves.label
@@ -269,7 +326,7 @@ def measure_run(
     emit({"event": "compare", "label": label, "stage": "generate", "samples": settings.num_samples})
     generated = generate_samples(loaded, DEFAULT_PROMPTS, settings, seed)
     emit({"event": "compare", "label": label, "stage": "score"})
-    reference, _ = reference_for_run(loaded)
+    reference, corpus_error = corpus_reference(loaded, corpus_optional)
     return RunResult(
         label=label,
         path=source.path,
@@ -277,8 +334,10 @@ def measure_run(
         tokenizer_sha256=loaded.tokenizer.sha256,
         report=report,
         samples=generated,
-        score=score_samples(generated, reference),
+        generated=generated_counts(generated, loaded.config.articles.words),
+        score=None if reference is None else score_samples(generated, reference),
         curves=source.curves,
+        corpus_error=corpus_error,
     )
 
 
@@ -290,17 +349,20 @@ def compare_runs(
     max_blocks: int | None = DEFAULT_MAX_BLOCKS,
     device: str | torch.device = "cpu",
     emit: Emit = lambda event: None,
+    corpus_optional: bool = False,
 ) -> Comparison:
     """Measure every run folder in `paths` the same way (see the module docstring).
 
     Sampling settings are the first run's `generate` section with `samples` per prompt (default
     DEFAULT_SAMPLES) and `max_new_tokens`, used unchanged for every run. `emit` receives
     {"event": "compare", "label", "stage"} as each run reaches load, eval, generate and score.
+    With `corpus_optional`, a run whose corpus statistics cannot be computed (its training text has no
+    articles, or is gone) is compared without them instead of raising InputError: its `score` is None.
     """
     sources = check_runs(paths)
     first = sources[0].config
     settings = sampling_settings(first.generate, num_samples=samples or DEFAULT_SAMPLES, max_new_tokens=max_new_tokens)
-    results = [measure_run(s, first.data, settings, seed, max_blocks, device, emit) for s in sources]
+    results = [measure_run(s, first.data, settings, seed, max_blocks, device, emit, corpus_optional) for s in sources]
     bookkeeping = set(DATA_BOOKKEEPING)
     data_differs = any(
         s.config.data.model_dump(exclude=bookkeeping) != first.data.model_dump(exclude=bookkeeping) for s in sources

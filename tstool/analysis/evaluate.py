@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
+from tstool.analysis.calibration import CalibrationSums, Correction, calibration_sums, logit_bias
 from tstool.analysis.probes import DEFAULT_CONTEXTS, ShiftProbe, SlotProbe, shift_sums, shift_verdict, slot_probes
 from tstool.config import DataConfig
 from tstool.data.articles import resolve_articles
 from tstool.data.batches import eval_block_ids, gather_blocks, split_block
-from tstool.data.corpus import Split
+from tstool.data.corpus import Split, canonical_split
 from tstool.data.packing import Progress, load_tokens, require_blocks
 from tstool.errors import InputError
 from tstool.model.loading import LoadedModel
@@ -71,6 +72,7 @@ class EvalSums:
 
     loss: LossParts
     articles: ArticleSums
+    calibration: CalibrationSums
     shift: torch.Tensor  # (2,) CE sums against the next and the after-next token
     shift_count: int
 
@@ -78,6 +80,7 @@ class EvalSums:
         return EvalSums(
             self.loss + other.loss,
             self.articles + other.articles,
+            self.calibration + other.calibration,
             self.shift + other.shift,
             self.shift_count + other.shift_count,
         )
@@ -121,16 +124,18 @@ def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tens
     return EvalSums(
         loss=weighted_cross_entropy(logits, y, LossTables.unweighted(article_mask)),
         articles=article_sums(logits, y, article_mask),
+        calibration=calibration_sums(logits, y, article_mask),
         shift=shift,
         shift_count=count,
     )
 
 
 def check_split(split: str) -> Split:
-    """The split as `load_tokens` takes it; anything but train or val is an InputError."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split '{split}': use --split val or --split train")
-    return split  # type: ignore[return-value]
+    """The split as `load_tokens` takes it (`validation` is `val`); anything else is an InputError."""
+    name = canonical_split(split)
+    if name not in SPLITS:
+        raise InputError(f"unknown split '{split}': use --split val (or validation) or --split train")
+    return name  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,11 @@ class EvalReport:
     article_weight: float  # what the model was trained with, for reading the ratio
     data: dict[str, Any]  # source, split, stories, tokens, bytes_per_token, blocks, seq_len
     article_forms: list[dict[str, Any]]  # text and token ID of each single-token form
-    metrics: dict[str, float | int | None]
-    shift: ShiftProbe
+    metrics: dict[str, float | int | None]  # of the model as used: with the correction, if one is applied
+    correction: Correction
+    calibration: dict[str, dict[str, Any]]  # "raw" and, when a correction is applied, "corrected"
+    shift: ShiftProbe  # of the logits scored (corrected when a correction is applied)
+    # slot probes: of the raw model
     slots: list[SlotProbe]
 
     @property
@@ -150,7 +158,8 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **{k: v for k, v in asdict(self).items() if k not in ("shift", "slots")},
+            **{k: v for k, v in asdict(self).items() if k not in ("shift", "slots", "correction")},
+            "correction": self.correction.to_dict(),
             "ok": self.ok,
             "shift_probe": self.shift.to_dict(),
             "slot_probes": [s.to_dict() for s in self.slots],
@@ -169,12 +178,16 @@ def evaluate(
     max_blocks: int | None = DEFAULT_MAX_BLOCKS,
     contexts: Sequence[str] = DEFAULT_CONTEXTS,
     progress: Progress | None = None,
+    correction: Correction | None = None,
 ) -> EvalReport:
     """Evaluate `loaded` on `split` of `data`, tokenised with the checkpoint's own tokenizer.
 
     `max_blocks` caps the blocks of max_seq_len + 1 tokens (None: every block); `progress(done, total)`
-    is called after each batch.
+    is called after each batch. With a `correction` the metrics are the corrected model's, and the
+    calibration is given raw and corrected.
     """
+    correction = correction or Correction(0.0, "none")
+    bias = logit_bias(loaded, correction)
     cfg, model, device = loaded.config, loaded.model, loaded.device
     seq_len = cfg.model.max_seq_len
     articles = resolve_articles(loaded.tokenizer, cfg.articles)
@@ -184,10 +197,15 @@ def evaluate(
     block_ids = eval_block_ids(len(stream.tokens), seq_len, max_blocks or len(stream.tokens))
     batch = cfg.train.batch_size
     sums: EvalSums | None = None
+    raw_calibration: CalibrationSums | None = None
     for start in range(0, len(block_ids), batch):
         x, y = split_block(gather_blocks(stream.tokens, block_ids[start : start + batch], seq_len))
-        part = score_logits(model(x.to(device)), y.to(device), mask)
+        logits, y = model(x.to(device)), y.to(device)
+        part = score_logits(logits if bias is None else logits + bias, y, mask)
         sums = part if sums is None else sums + part
+        if bias is not None:
+            raw_part = calibration_sums(logits, y, mask)
+            raw_calibration = raw_part if raw_calibration is None else raw_calibration + raw_part
         if progress:
             progress(min(start + batch, len(block_ids)), len(block_ids))
     assert sums is not None  # require_blocks guarantees at least one block
@@ -206,6 +224,12 @@ def evaluate(
         },
         article_forms=[{"text": f.text, "id": f.ids[0]} for f in articles.forms if f.single_token],
         metrics=sums.metrics(stream.bytes_per_token),
+        correction=correction,
+        calibration=(
+            {"raw": raw_calibration.report(), "corrected": sums.calibration.report()}
+            if raw_calibration is not None
+            else {"raw": sums.calibration.report()}
+        ),
         shift=sums.shift_probe(),
         slots=slot_probes(model, loaded.tokenizer, articles, contexts),
     )

@@ -1,68 +1,128 @@
-"""The experiment tstool exists for: does up-weighting article tokens in the loss help?
+"""The experiment tstool exists for: does up-weighting article tokens in the loss help, and does a
+calibrated weighting do better?
 
-The same config is trained once per article weight (same seed, so the same initialisation and data
-order, and the same step budget), one after another into OUT/w1, OUT/w5, ...; every run is then
-measured by `tstool.analysis.compare` and the report's conclusions are computed from those numbers, comparing
-each weight with the first (the baseline). Rerunning the same command reuses finished runs and
-resumes interrupted ones from their latest checkpoint (`--resume auto`).
+For each seed and each article weight, one run is trained (same seed: same initialisation and data
+order across weights), and for a weight other than 1 also a run with the logit-adjusted loss. The arms:
+- baseline: weight 1;
+- raw: the weighted run as it is;
+- corrected: the weighted run with the post-hoc correction (tau fitted on validation text);
+- adjusted: the logit-adjusted run as it is.
+Every arm is evaluated on the same validation blocks and generates at temperature 1 (ancestral sampling,
+the only setting that should reproduce the corpus) from the same held-out story openings, whose rests
+are the reference rate. Every measure is a mean over seeds with a 95% interval, and each arm's paired
+difference from the baseline (same seed) has one too; conclusions are read off those intervals.
 
-OUT/report.md and OUT/report.json hold the same numbers; OUT/curves.png is `tstool plot` of the runs.
+Rerunning the same command reuses finished runs and resumes interrupted ones.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tstool.analysis.compare import DEFAULT_MAX_BLOCKS, ROWS, Comparison, Emit, RunResult, compare_runs
-from tstool.analysis.plot import plot_runs
-from tstool.analysis.scoring import MIN_WORDS
-from tstool.atomic import write_text
+from tstool.analysis.calibration import Correction, correction_for, logit_bias, precision_at_recall
+from tstool.analysis.evaluate import DEFAULT_MAX_BLOCKS, evaluate
+from tstool.analysis.generate import generate_samples, sampling_settings
+from tstool.analysis.scoring import Opening, held_out_openings
+from tstool.analysis.statistics import (
+    Estimate,
+    bootstrap_rate,
+    bootstrap_rate_difference,
+    direction,
+    rate,
+    t_interval,
+)
 from tstool.config import Config, from_dict
-from tstool.data.stats import write_json_atomic
+from tstool.data.stats import count_articles
 from tstool.errors import ConfigError, InputError, Interrupted, TstoolError
+from tstool.model.loading import LoadedModel, load_model
 from tstool.runs import checkpoint as ckpt
 from tstool.runs.run_dir import RunDir, config_differences
 from tstool.training.runtime import resolve_device
 from tstool.training.trainer import RunOptions, train
 
 DEFAULT_WEIGHTS = (1.0, 5.0)
-REPORT_MD, REPORT_JSON, CURVES_PNG = "report.md", "report.json", "curves.png"
+DEFAULT_SEEDS = 3
+ARMS = ("raw", "corrected", "adjusted")
+DEFAULT_PROMPTS = 64  # held-out openings: about 7,000 generated words per arm and seed at 150 tokens
+DEFAULT_NEW_TOKENS = 150
+REPORT_MD, REPORT_JSON = "report.md", "report.json"
 RunAction = Literal["train", "resume", "reuse"]
-MINUS = "\u2212"
-ROWS_BY_KEY = {row.key: row for row in ROWS}
+Emit = Callable[[dict[str, Any]], None]
+Kind = Literal["baseline", "raw", "corrected", "adjusted"]
+
+# Seed-level measures: (key, label, format, lower is better or None when neither)
+MEASURES: tuple[tuple[str, str, str, bool | None], ...] = (
+    ("bpb", "bits per byte", ".4f", True),
+    ("article_precision", "article precision", ".3f", False),
+    ("article_recall", "article recall", ".3f", False),
+    ("precision_at_baseline_recall", "precision at the baseline's recall", ".3f", False),
+    ("average_precision", "average precision", ".3f", False),
+    ("ece", "calibration error (ECE)", ".4f", True),
+    ("mean_predicted_mass", "mean article probability", ".4f", None),
+    ("tau", "tau", ".3f", None),
+)
 
 
 def parse_weights(text: str) -> list[float]:
-    """`1,5` -> [1.0, 5.0]: at least two different weights, the first the baseline."""
+    """`1,5` -> [1.0, 5.0]: the baseline 1 first, then at least one other weight."""
     try:
         weights = [float(part) for part in text.split(",")]
     except ValueError:
         raise InputError(f"--weights {text!r} is not a list of numbers: pass comma-separated weights, e.g. 1,5")
-    if len(weights) < 2 or len(set(weights)) != len(weights):
-        raise InputError(f"--weights {text!r} needs two or more different weights, the baseline first: e.g. 1,5")
+    if len(weights) < 2 or len(set(weights)) != len(weights) or weights[0] != 1.0 or min(weights) <= 0:
+        raise InputError(f"--weights {text!r}: pass the baseline 1 first, then other positive weights, e.g. 1,5")
     return weights
 
 
-def run_label(weight: float) -> str:
-    """The run folder's name: w1, w5, w2.5."""
-    return f"w{weight:g}"
+def parse_arms(text: str) -> list[str]:
+    """`raw,corrected` -> ["raw", "corrected"]: a subset of ARMS."""
+    arms = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if not arms or unknown:
+        raise InputError(f"--arms {text!r}: choose from {', '.join(ARMS)}, comma-separated")
+    return [arm for arm in ARMS if arm in arms]
 
 
-def weight_config(cfg: Config, weight: float) -> Config:
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the study."""
+
+    label: str  # its folder name under the output folder: w5-s1337, w5-adjusted-s1337
+    weight: float
+    adjusted: bool
+    seed: int
+    config: Config
+
+
+def run_label(weight: float, adjusted: bool, seed: int) -> str:
+    return f"w{weight:g}{'-adjusted' if adjusted else ''}-s{seed}"
+
+
+def run_config(cfg: Config, weight: float, adjusted: bool, seed: int) -> Config:
     data = cfg.to_dict()
-    data["train"]["article_weight"] = weight
-    return from_dict(data)  # validates the weight like any config value
+    data["train"] |= {"article_weight": weight, "logit_adjusted": adjusted, "seed": seed}
+    return from_dict(data)  # validates like any config value
+
+
+def plan_runs(cfg: Config, weights: Sequence[float], seeds: Sequence[int], arms: Sequence[str]) -> list[RunSpec]:
+    """Every run the study needs, seed by seed: the weights, then their logit-adjusted twins."""
+    runs = []
+    for seed in seeds:
+        for weight in weights:
+            for adjusted in (False, True) if weight != 1.0 and "adjusted" in arms else (False,):
+                if adjusted or weight == 1.0 or {"raw", "corrected"} & set(arms):
+                    label = run_label(weight, adjusted, seed)
+                    runs.append(RunSpec(label, weight, adjusted, seed, run_config(cfg, weight, adjusted, seed)))
+    return runs
 
 
 def run_action(run_dir: Path, cfg: Config) -> RunAction:
-    """Reuse a finished run, resume an interrupted one, or train from the start.
-
-    A folder holding a run of another config is refused: resuming it would mix two experiments.
-    """
+    """Reuse a finished run, resume an interrupted one, or train from the start; a folder holding a run
+    of another config is refused: resuming it would mix two experiments."""
     run = RunDir(run_dir)
     saved = run.saved_config()
     if saved is not None:
@@ -78,283 +138,299 @@ def run_action(run_dir: Path, cfg: Config) -> RunAction:
     return "reuse" if step >= cfg.train.max_steps else "resume"
 
 
-# ---- conclusions computed from the numbers ----------------------------------------------------------
-
-
-def _signed(value: float, fmt: str) -> str:
-    return f"{MINUS if value < 0 else '+'}{format(abs(value), fmt)}"
-
-
-def change(old: float | None, new: float | None, fmt: str, unit: str = "") -> str:
-    """`3.210 → 3.250 nats (+0.040, +1.2%)`; a share (a `%` format) changes by percentage points."""
-    if old is None or new is None:
-        return f"{'-' if old is None else format(old, fmt)} → {'-' if new is None else format(new, fmt)}{unit}"
-    delta = new - old
-    if fmt.endswith("%"):
-        detail = f"{_signed(100 * delta, fmt[:-1] + 'f')} points"  # as many decimals as the shares show
-    else:
-        detail = _signed(delta, fmt) + (f", {_signed(delta / abs(old), '.1%')}" if old else "")
-    return f"{format(old, fmt)} → {format(new, fmt)}{unit} ({detail})"
-
-
-def _row_change(key: str, base: dict[str, Any], run: dict[str, Any], unit: str = "") -> str:
-    """`change` of one comparison row's values, in the row's format."""
-    return change(base[key], run[key], ROWS_BY_KEY[key].fmt, unit)
-
-
-def _direction(old: float | None, new: float | None, lower_is_better: bool) -> str:
-    if old is None or new is None:
-        return "not comparable"
-    if old == new:
-        return "unchanged"
-    return "better" if (new < old) == lower_is_better else "worse"
-
-
-def _tally(directions: dict[str, str]) -> str:
-    """`better on all 4 measures`, or `better on 2 of 4 measures (worse: recall; unchanged: mass)`."""
-    n = len(directions)
-    groups = {
-        d: [k for k, v in directions.items() if v == d] for d in ("better", "worse", "unchanged", "not comparable")
-    }
-    for direction, keys in groups.items():
-        if len(keys) == n:
-            return f"{direction} on all {n} measures"
-    detail = "; ".join(f"{d}: {', '.join(keys)}" for d, keys in groups.items() if keys and d != "better")
-    return f"better on {len(groups['better'])} of {n} measures ({detail})"
+# ---- measuring one arm at one seed ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Finding:
-    question: str
-    answer: str  # one line, computed
-    evidence: tuple[str, ...]  # sentences with the numbers behind the answer
+class ArmKey:
+    weight: float
+    kind: Kind
+
+    @property
+    def label(self) -> str:
+        return "weight 1" if self.kind == "baseline" else f"weight {self.weight:g} {self.kind}"
+
+
+@dataclass
+class Measured:
+    """One arm at one seed."""
+
+    key: ArmKey
+    seed: int
+    run: str
+    correction: Correction
+    values: dict[str, float | None]
+    pr_curve: list[dict[str, Any]]
+    reliability: list[dict[str, Any]]
+    stories: list[tuple[int, int]]  # (articles, words) of each generated continuation, prompt by prompt
+    sample: str  # the first continuation, for the report
+
+
+def arms_of(spec: RunSpec, arms: Sequence[str]) -> list[tuple[ArmKey, str | float]]:
+    """The arms measured on a run, each with its `--correction` choice."""
+    if spec.weight == 1.0:
+        return [(ArmKey(1.0, "baseline"), "none")]
+    if spec.adjusted:
+        return [(ArmKey(spec.weight, "adjusted"), "none")]
+    kinds: list[tuple[Kind, str | float]] = [("raw", "none"), ("corrected", "fitted")]
+    return [(ArmKey(spec.weight, kind), choice) for kind, choice in kinds if kind in arms]
+
+
+def measure_arm(
+    loaded: LoadedModel,
+    key: ArmKey,
+    choice: str | float,
+    seed: int,
+    openings: Sequence[Opening],
+    max_new_tokens: int,
+    max_blocks: int | None,
+) -> Measured:
+    """Evaluate and generate (temperature 1, seeded by the study's seed) with the arm's correction."""
+    correction = correction_for(loaded, choice)
+    report = evaluate(loaded, loaded.config.data, "val", max_blocks, correction=correction)
+    calibration = report.calibration["corrected" if correction.applied else "raw"]
+    settings = sampling_settings(
+        loaded.config.generate, temperature=1.0, repetition_penalty=1.0, num_samples=1, max_new_tokens=max_new_tokens
+    ).model_copy(update={"top_k": None, "top_p": None})  # ancestral sampling
+    samples = generate_samples(
+        loaded, [o.prompt for o in openings], settings, seed, logit_bias=logit_bias(loaded, correction)
+    )
+    stories = [(counts.total, counts.words) for counts in (count_articles(s.continuation) for s in samples)]
+    m = report.metrics
+    values = {
+        "bpb": m["bpb"],
+        "article_precision": m["article_precision"],
+        "article_recall": m["article_recall"],
+        "average_precision": calibration["average_precision"],
+        "ece": calibration["ece"],
+        "mean_predicted_mass": calibration["mean_predicted_mass"],
+        "observed_article_share": calibration["observed_article_share"],
+        "tau": correction.tau,
+        "generated_rate": rate(stories),
+    }
+    run = str(loaded.path.parent.parent.name)
+    sample = samples[0].prompt + samples[0].continuation
+    return Measured(
+        key, seed, run, correction, values, calibration["pr_curve"], calibration["reliability"], stories, sample
+    )
+
+
+# ---- summarising over seeds --------------------------------------------------------------------------
+
+
+@dataclass
+class ArmSummary:
+    """An arm over seeds: each measure with its interval, and its paired difference from the baseline."""
+
+    key: ArmKey
+    estimates: dict[str, Estimate]
+    differences: dict[str, Estimate] = field(default_factory=dict)  # arm minus baseline, seed by seed
+    verdicts: dict[str, str] = field(default_factory=dict)
+    reliability: list[dict[str, Any]] = field(default_factory=list)  # mean over seeds per bin
 
     def to_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "answer": self.answer, "evidence": list(self.evidence)}
+        return {
+            "arm": self.key.label,
+            "weight": self.key.weight,
+            "kind": self.key.kind,
+            "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
+            "differences_from_baseline": {k: e.to_dict() for k, e in self.differences.items()},
+            "verdicts": self.verdicts,
+            "reliability": self.reliability,
+        }
 
 
-def generation_finding(base: RunResult, run: RunResult) -> Finding:
-    b, r = base.score, run.score
-    off_b, off_r = abs(b.per_100_words - b.reference.per_100_words), abs(r.per_100_words - r.reference.per_100_words)
-    (bl, bh), (rl, rh) = b.interval, r.interval
-    overlap = bl <= rh and rl <= bh
-    measures = {
-        "article rate (distance to the corpus rate)": _direction(off_b, off_r, lower_is_better=True),
-        "context divergence": _direction(b.contexts.value, r.contexts.value, lower_is_better=True),
-    }
-    evidence = (
-        f"Weight {run.article_weight:g} changes the generated article rate from {b.per_100_words:.2f} to "
-        f"{r.per_100_words:.2f} per 100 words (corpus {r.reference.per_100_words:.2f}; off by {off_b:.2f} → "
-        f"{off_r:.2f}). The 95% intervals, {bl:.1f}–{bh:.1f} and {rl:.1f}–{rh:.1f}, "
-        + ("overlap: the difference is within sampling noise." if overlap else "do not overlap."),
-        f"Context divergence changes {change(b.contexts.value, r.contexts.value, '.3f')} over "
-        f"{b.contexts.occurrences} and {r.contexts.occurrences} context occurrences; lower is closer to the corpus, "
-        f"and text that followed the corpus would score about {r.contexts.expected:.3f} here.",
-        f"Verdict: {b.verdict} → {r.verdict}.",
-    )
-    words = min(b.counts.words, r.counts.words)
-    if words < MIN_WORDS:
-        answer = (
-            f"too little generated text to tell ({words} words in the shorter run, {MIN_WORDS} needed): "
-            "raise --samples or --max-new-tokens"
+def _mean_reliability(measured: Sequence[Measured]) -> list[dict[str, Any]]:
+    rows = []
+    for bins in zip(*(m.reliability for m in measured), strict=True):
+        filled = [b for b in bins if b["positions"]]
+        rows.append(
+            {
+                "bin": bins[0]["bin"],
+                "positions": sum(b["positions"] for b in bins),
+                "predicted": sum(b["predicted"] for b in filled) / len(filled) if filled else None,
+                "observed": sum(b["observed"] for b in filled) / len(filled) if filled else None,
+            }
         )
-    else:
-        answer = _tally(measures) + ("; the rate difference is within sampling noise" if overlap else "")
-    return Finding("Does it improve article use in generations?", answer, evidence)
+    return rows
 
 
-def slot_finding(base: RunResult, run: RunResult) -> Finding:
-    b, r = base.values(), run.values()
-    measures = {
-        "article loss": _direction(b["article_loss"], r["article_loss"], lower_is_better=True),
-        "article recall": _direction(b["article_recall"], r["article_recall"], lower_is_better=False),
-        "article precision": _direction(b["article_precision"], r["article_precision"], lower_is_better=False),
-        "slot article mass": _direction(b["slot_article_mass"], r["slot_article_mass"], lower_is_better=False),
-    }
-    evidence = (
-        f"At validation article targets: article loss {_row_change('article_loss', b, r, ' nats')}; "
-        f"recall {_row_change('article_recall', b, r)}; precision {_row_change('article_precision', b, r)}.",
-        f"Slot probes: mean article mass over {len(run.report.slots)} contexts that take an article "
-        f"{_row_change('slot_article_mass', b, r)}; {ROWS_BY_KEY['slot_p_a'].label} {_row_change('slot_p_a', b, r)}.",
-    )
-    return Finding("Does it improve predictions at article slots?", _tally(measures), evidence)
+def summarise(measured: Sequence[Measured], reference: Estimate) -> list[ArmSummary]:
+    """Every arm's estimates over seeds, its paired differences from the baseline and their verdicts."""
+    keys = list(dict.fromkeys(m.key for m in measured))
+    by_arm = {key: sorted((m for m in measured if m.key == key), key=lambda m: m.seed) for key in keys}
+    base = by_arm[keys[0]]
+    base_recall = {m.seed: m.values["article_recall"] for m in base}
+    for arm in by_arm.values():
+        for m in arm:
+            recall = base_recall[m.seed]
+            m.values["precision_at_baseline_recall"] = precision_at_recall(m.pr_curve, recall) if recall else None
+    summaries = []
+    for key, arm in by_arm.items():
+        estimates = {
+            name: t_interval([m.values[name] for m in arm])  # type: ignore[misc]
+            for name, *_ in MEASURES
+            if all(m.values.get(name) is not None for m in arm)
+        }
+        estimates["generated_rate"] = bootstrap_rate([m.stories for m in arm])
+        summary = ArmSummary(key, estimates, reliability=_mean_reliability(arm))
+        covers = estimates["generated_rate"].covers(reference.mean)
+        summary.verdicts["generated_rate_vs_reference"] = (
+            "one seed: no interval"
+            if covers is None
+            else "consistent with the corpus"
+            if covers
+            else "above the corpus"
+            if estimates["generated_rate"].mean > reference.mean
+            else "below the corpus"
+        )
+        if key != keys[0]:
+            for name, _, _, lower_is_better in MEASURES:
+                pairs = [(m.values.get(name), b.values.get(name)) for m, b in zip(arm, base, strict=True)]
+                if all(a is not None and b is not None for a, b in pairs):
+                    summary.differences[name] = t_interval([a - b for a, b in pairs])  # type: ignore[operator]
+                    summary.verdicts[name] = direction(summary.differences[name], lower_is_better)
+            stories = bootstrap_rate_difference([m.stories for m in arm], [b.stories for b in base])
+            summary.differences["generated_rate"] = stories
+            summary.verdicts["generated_rate"] = direction(stories)
+        summaries.append(summary)
+    return summaries
 
 
-def cost_finding(base: RunResult, run: RunResult) -> Finding:
-    b, r = base.values(), run.values()
-    evidence = (
-        f"Validation unweighted loss {_row_change('loss_unweighted', b, r, ' nats')}; "
-        f"bits per byte {_row_change('bpb', b, r)}.",
-        "Loss on non-article tokens "
-        f"{change(base.report.metrics['other_loss'], run.report.metrics['other_loss'], '.3f', ' nats')}.",
-    )
-    delta = r["loss_unweighted"] - b["loss_unweighted"]
-    answer = f"validation unweighted loss {_signed(delta, '.3f')} nats ({_signed(delta / b['loss_unweighted'], '.1%')})"
-    return Finding("What does it cost in unweighted loss?", answer, evidence)
-
-
-def findings(base: RunResult, run: RunResult) -> list[Finding]:
-    return [generation_finding(base, run), slot_finding(base, run), cost_finding(base, run)]
-
-
-# ---- the run ----------------------------------------------------------------------------------------
+# ---- the study ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ExperimentResult:
     out_dir: Path
     source: str  # the preset or config file the runs were built from
-    config: Config  # the baseline's
+    config: Config  # the baseline's, first seed
+    seeds: list[int]
+    weights: list[float]
     actions: dict[str, RunAction]
-    comparison: Comparison
-    findings: dict[str, list[Finding]]  # per non-baseline run label
+    prompts: int
+    max_new_tokens: int
+    reference: Estimate  # the held-out stories' own article rate, resampled over stories
+    summaries: list[ArmSummary]
+    measured: list[Measured]
+    figures: dict[str, str]
 
     @property
     def files(self) -> dict[str, str]:
-        return {name: str(self.out_dir / name) for name in (REPORT_MD, REPORT_JSON, CURVES_PNG)}
+        return {REPORT_MD: str(self.out_dir / REPORT_MD), REPORT_JSON: str(self.out_dir / REPORT_JSON), **self.figures}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "out_dir": str(self.out_dir),
             "source": self.source,
-            "baseline": self.comparison.runs[0].label,
+            "seeds": self.seeds,
+            "weights": self.weights,
+            "steps": self.config.train.max_steps,
             "actions": self.actions,
-            "findings": {label: [f.to_dict() for f in found] for label, found in self.findings.items()},
-            "comparison": self.comparison.to_dict(),
+            "prompts": self.prompts,
+            "max_new_tokens": self.max_new_tokens,
+            "sampling": "ancestral: temperature 1, no top-k, top-p or repetition penalty",
+            "reference_per_100_words": self.reference.to_dict(),
+            "arms": [s.to_dict() for s in self.summaries],
+            "per_seed": [
+                {"arm": m.key.label, "seed": m.seed, "run": m.run, "correction": m.correction.to_dict(), **m.values}
+                for m in self.measured
+            ],
             "config": self.config.to_dict(),
             "files": self.files,
         }
 
 
 def require_matplotlib() -> None:
-    """The report's curves need matplotlib: find out before hours of training, not after."""
+    """The report's figures need matplotlib: find out before hours of training, not after."""
     if importlib.util.find_spec("matplotlib") is None:
         raise TstoolError(
-            "the experiment draws curves.png with matplotlib, which is not installed: pip install 'tstool[plot]'"
+            "the experiment draws its figures with matplotlib, which is not installed: pip install matplotlib"
         )
+
+
+def train_runs(specs: Sequence[RunSpec], out_dir: Path, emit: Emit) -> dict[str, RunAction]:
+    """Train, resume or reuse every run; all folders are checked before the first trains."""
+    actions = {spec.label: run_action(out_dir / spec.label, spec.config) for spec in specs}
+    for spec in specs:
+        action = actions[spec.label]
+        run_dir = str(out_dir / spec.label)
+        emit(
+            {
+                "event": "experiment_run",
+                "label": spec.label,
+                "weight": spec.weight,
+                "out_dir": run_dir,
+                "action": action,
+            }
+        )
+        if action != "reuse":
+            try:
+                train(spec.config, RunOptions(out_dir=out_dir / spec.label, resume="auto"), emit)
+            except Interrupted as exc:
+                raise Interrupted(
+                    f"interrupted while training {out_dir / spec.label}, whose checkpoint is saved: rerun the same "
+                    "`tstool experiment` command to resume",
+                    exc.exit_code,
+                ) from None
+        emit({"event": "experiment_run_done", "label": spec.label})
+    return actions
 
 
 def run_experiment(
     cfg: Config,
     out_dir: Path,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
+    seeds: int = DEFAULT_SEEDS,
+    arms: Sequence[str] = ARMS,
     source: str = "the given config",
-    samples: int | None = None,
-    max_new_tokens: int | None = None,
+    prompts: int = DEFAULT_PROMPTS,
+    max_new_tokens: int = DEFAULT_NEW_TOKENS,
     max_blocks: int | None = DEFAULT_MAX_BLOCKS,
+    correction: str | float = "fitted",
     emit: Emit = lambda event: None,
 ) -> ExperimentResult:
-    """Train `cfg` once per weight, compare the runs, write report.md, report.json and curves.png.
+    """Train and measure the study (see the module docstring); write report.md, report.json and figures.
 
-    `emit` receives training events, {"event": "experiment_run", "label", "weight", "out_dir", "action"}
-    before and {"event": "experiment_run_done", "label"} after each run, and `compare_runs`' events.
-    Generations are seeded with the training seed.
-    """
+    `correction` is the corrected arm's: fitted, or a given tau. `emit` receives training events,
+    {"event": "experiment_run", ...} and {"event": "experiment_run_done", ...} around each run, and
+    {"event": "measure", "arm", "seed"} before each arm is measured."""
+    from tstool.analysis.experiment_report import draw_figures, report_markdown
+    from tstool.atomic import write_text
+    from tstool.data.stats import write_json_atomic
+
     require_matplotlib()
-    runs = [(run_label(w), out_dir / run_label(w), weight_config(cfg, w)) for w in weights]
-    actions = {label: run_action(run_dir, run_cfg) for label, run_dir, run_cfg in runs}  # all checked first
-    for label, run_dir, run_cfg in runs:
-        weight, action = run_cfg.train.article_weight, actions[label]
-        emit({"event": "experiment_run", "label": label, "weight": weight, "out_dir": str(run_dir), "action": action})
-        if action != "reuse":
-            try:
-                train(run_cfg, RunOptions(out_dir=run_dir, resume="auto"), emit)
-            except Interrupted as exc:
-                raise Interrupted(
-                    f"interrupted while training {run_dir}, whose checkpoint is saved: rerun the same "
-                    "`tstool experiment` command to resume",
-                    exc.exit_code,
-                ) from None
-        emit({"event": "experiment_run_done", "label": label})
-
-    dirs = [run_dir for _, run_dir, _ in runs]
-    comparison = compare_runs(
-        dirs, samples, max_new_tokens, cfg.train.seed, max_blocks, resolve_device(cfg.train.device), emit
-    )
-    plot_runs(dirs, out_dir / CURVES_PNG, [label for label, _, _ in runs])
-    base = comparison.runs[0]
+    seed_list = [cfg.train.seed + i for i in range(seeds)]
+    specs = plan_runs(cfg, weights, seed_list, arms)
+    actions = train_runs(specs, out_dir, emit)
+    device = resolve_device(cfg.train.device)
+    openings: list[Opening] = []
+    measured = []
+    for spec in specs:
+        loaded = load_model(out_dir / spec.label, device)
+        openings = openings or held_out_openings(loaded, prompts)  # the same prompts for every arm
+        for key, choice in arms_of(spec, arms):
+            emit({"event": "measure", "arm": key.label, "seed": spec.seed})
+            chosen = correction if key.kind == "corrected" else choice
+            measured.append(measure_arm(loaded, key, chosen, spec.seed, openings, max_new_tokens, max_blocks))
+    rests = [(c.total, c.words) for c in (count_articles(o.rest) for o in openings)]
+    reference = bootstrap_rate([rests])
+    summaries = summarise(measured, reference)
+    figures = draw_figures(out_dir, summaries, reference)
     result = ExperimentResult(
         out_dir=out_dir,
         source=source,
-        config=runs[0][2],
+        config=specs[0].config,
+        seeds=seed_list,
+        weights=list(weights),
         actions=actions,
-        comparison=comparison,
-        findings={run.label: findings(base, run) for run in comparison.runs[1:]},
+        prompts=len(openings),
+        max_new_tokens=max_new_tokens,
+        reference=reference,
+        summaries=summaries,
+        measured=measured,
+        figures=figures,
     )
     write_json_atomic(result.to_dict(), out_dir / REPORT_JSON)
     write_text(out_dir / REPORT_MD, report_markdown(result))
     return result
-
-
-# ---- report.md --------------------------------------------------------------------------------------
-
-ACTION_TEXT = {"train": "trained", "resume": "resumed from its checkpoint", "reuse": "reused (finished earlier)"}
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def results_table(comparison: Comparison) -> list[str]:
-    """A Markdown table, one row per run, the best value of each column in bold."""
-    best = {row.key: comparison.best(row) for row in ROWS}
-    lines = [
-        "| run | " + " | ".join(_cell(row.label) for row in ROWS) + " |",
-        "|---|" + "---:|" * len(ROWS),
-    ]
-    for run in comparison.runs:
-        values = run.values()
-        cells = [
-            f"**{row.format(values[row.key])}**" if run.label in best[row.key] else row.format(values[row.key])
-            for row in ROWS
-        ]
-        lines.append(f"| {run.label} | " + " | ".join(_cell(c) for c in cells) + " |")
-    return lines
-
-
-def report_markdown(result: ExperimentResult) -> str:
-    c = result.comparison
-    base, data, settings = c.runs[0], c.runs[0].report.data, c.settings
-    values = base.values()
-    lines = [
-        "# Does up-weighting article tokens in the loss help?",
-        "",
-        f"Article weights {', '.join(f'{r.article_weight:g}' for r in c.runs)} (baseline {base.article_weight:g}), "
-        f"each trained from `{result.source}` with seed {result.config.train.seed} (same initialisation and data "
-        f"order) for {values['step']:,} steps, {values['tokens_trained']:,} tokens. All runs are evaluated on the "
-        f"same {data['blocks']:,} validation blocks of {data['seq_len']} tokens ({data['source']}) and generate "
-        f"from the same {len(c.prompts)} prompts × {settings.num_samples} samples, up to {settings.max_new_tokens} "
-        f"new tokens at temperature {settings.temperature:g}, seed {c.seed}.",
-        "",
-        "Runs: " + "; ".join(f"{label} {ACTION_TEXT[action]}" for label, action in result.actions.items()) + ".",
-        "",
-        "## Results",
-        "",
-        *results_table(c),
-        "",
-        "Bold: best per column (generated articles: closest to the corpus rate). Precision and recall: of "
-        "top-1 article predictions / of article targets, whether an article belongs there. Slot article mass: "
-        "total probability of all article tokens after contexts the corpus follows with an article.",
-        "",
-        "## Findings",
-    ]
-    for label, found in result.findings.items():
-        run = next(r for r in c.runs if r.label == label)
-        lines += ["", f"### Weight {run.article_weight:g} against weight {base.article_weight:g}", ""]
-        for finding in found:
-            lines.append(f"- **{finding.question}** {finding.answer[0].upper()}{finding.answer[1:]}.")
-            lines += [f"  - {sentence}" for sentence in finding.evidence]
-    if c.notes:
-        lines += ["", "Notes:", "", *(f"- {note}" for note in c.notes)]
-    lines += ["", "## Curves", "", f"![Training and validation curves]({CURVES_PNG})", "", "## Sample continuations"]
-    for run in c.runs:
-        sample = run.samples[0]
-        lines += [
-            "",
-            f"{run.label}, prompt {sample.prompt!r}:",
-            "",
-            "```text",
-            sample.prompt + sample.continuation,
-            "```",
-        ]
-    return "\n".join(lines) + "\n"

@@ -120,8 +120,12 @@ def decode(
     generator: torch.Generator,
     eot_id: int,
     batch: int = 1,
+    logit_bias: torch.Tensor | None = None,
 ) -> tuple[list[Decoded], list[str]]:
     """`batch` continuations of `context` (at most max_seq_len tokens), and notes about the decoding.
+
+    `logit_bias` (V,), the post-hoc article correction, is added to the raw logits before the
+    repetition penalty, temperature, top-k and top-p.
 
     The context is prefilled once; then each step feeds one token through the KV cache. When the
     cache is full the context slides: the cache is rebuilt from the last SLIDE_KEEP of it.
@@ -144,6 +148,8 @@ def decode(
         logits = model(tokens[:, :start], cache)[:, -1]  # (B, V)
         end = start
         for _ in range(settings.max_new_tokens):
+            if logit_bias is not None:
+                logits = logits + logit_bias
             token = torch.where(done, eot_id, next_tokens(logits, seen, settings, generator))  # (B,)
             tokens[:, end] = token
             end += 1
@@ -241,15 +247,19 @@ def generate_samples(
     settings: GenerateConfig,
     seed: int,
     progress: Progress | None = None,
+    logit_bias: torch.Tensor | None = None,
 ) -> list[Sample]:
-    """`settings.num_samples` continuations of every prompt, prompt by prompt, in order."""
+    """`settings.num_samples` continuations of every prompt, prompt by prompt, in order; `logit_bias`
+    as `decode` takes it."""
     if not prompts:
         raise InputError("no prompts to generate from: pass --prompt TEXT or a non-empty --prompts-file")
     samples = []
     for i, prompt in enumerate(prompts):
         context, warnings = prompt_context(loaded, prompt)
         generator = torch.Generator(device=loaded.device).manual_seed(prompt_seed(seed, i))
-        rows, notes = decode(loaded.model, context, settings, generator, loaded.tokenizer.eot_id, settings.num_samples)
+        rows, notes = decode(
+            loaded.model, context, settings, generator, loaded.tokenizer.eot_id, settings.num_samples, logit_bias
+        )
         for j, row in enumerate(rows):
             samples.append(
                 Sample(

@@ -35,9 +35,11 @@ so a continuation is measured exactly as the corpus was. Three measurements:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tstool import __version__
+from tstool.config import GenerateConfig
 from tstool.data.articles import ALL_FORMS, resolve_articles
 from tstool.data.stats import (
     CONTEXT_BREAK,
@@ -75,10 +78,19 @@ REFERENCE_VERSION = 1
 
 Progress = Callable[[int, int], None]
 
+ANCESTRAL = "temperature 1, no top-k, top-p or repetition penalty"
+OPENING_MAX_WORDS = 20  # a held-out story's opening is its first sentence, or its first words past this
+OPENING_WORDS = 10
+MIN_REST_WORDS = 30  # a story whose rest is shorter says too little about how it goes on
+MATCHED_PROMPTS = 24  # `generate --score-articles` without prompts: about 2,500 words at 150 tokens each
+
 DEFINITIONS = {
     "scored_text": "continuations only; an article or context word begun in the prompt belongs to the prompt",
-    "rate_verdict": f"ok within ±{RATE_TOLERANCE:.0%} of the corpus rate; dropping articles below, over-using above; "
-    f"too little text under {MIN_WORDS} words",
+    "rate_verdict": f"ok within ±{RATE_TOLERANCE:.0%} of the reference rate; dropping articles below, over-using "
+    f"above; too little text under {MIN_WORDS} words; not judged unless sampled with {ANCESTRAL}, since other "
+    "settings move probability towards likely tokens, which articles often are",
+    "matched_reference": "prompts are openings of held-out validation stories and the reference rate is that of the "
+    "rest of those same stories; with other prompts the reference is the whole corpus's rate (unmatched)",
     "context_occurrence": "a corpus context (1-2 words, possibly ending the prompt) whose next word starts in the "
     "continuation",
     "divergence": "sum |a_c - n_c r_c| / sum n_c over corpus contexts c: count-weighted mean absolute difference of "
@@ -116,6 +128,7 @@ class CorpusReference:
     by_word: dict[str, float]
     contexts: dict[str, ContextRate]
     noun_words: frozenset[str]  # words that typically follow an article (adjectives, nouns)
+    matched: bool = False  # the rates are those of the prompts' own stories (`matched_reference`)
 
     @classmethod
     def from_dict(cls, doc: Any, source: str) -> CorpusReference:
@@ -160,8 +173,78 @@ class CorpusReference:
             "corpus": self.corpus,
             "words": self.corpus_words,
             "per_100_words": self.per_100_words,
+            "matched": self.matched,
+            "label": self.label,
             "contexts": len(self.contexts),
         }
+
+    @property
+    def label(self) -> str:
+        if self.matched:
+            return "the rest of the prompts' held-out stories"
+        return "the whole corpus (unmatched: the prompts are not from it)"
+
+
+# ---- prompts matched to a reference -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A held-out story cut in two: the prompt, and how the story really goes on."""
+
+    prompt: str
+    rest: str
+
+
+def story_opening(story: str) -> Opening | None:
+    """The story's first sentence (or first OPENING_WORDS words of a long one) and the rest; None when
+    the rest is too short to say how the story goes on."""
+    words = list(WORD_RE.finditer(story))
+    end = next((m.end() for m in re.finditer(r"[.!?]", story)), len(story))
+    if sum(1 for w in words if w.end() <= end) > OPENING_MAX_WORDS:
+        end = words[OPENING_WORDS - 1].end()
+    prompt, rest = story[:end], story[end:]
+    return Opening(prompt, rest) if count_articles(rest).words >= MIN_REST_WORDS else None
+
+
+def held_out_openings(loaded: LoadedModel, count: int) -> list[Opening]:
+    """Openings of `count` validation stories of the run's data, evenly spread over the split."""
+    from tstool.data.corpus import load_corpus
+
+    openings = [o for story in load_corpus(loaded.config.data, "val").stories if (o := story_opening(story))]
+    if not openings:
+        raise InputError("the run's validation stories are too short to prompt with: pass --prompt TEXT")
+    step = max(1, len(openings) // count)
+    return openings[::step][:count]
+
+
+def matched_reference(reference: CorpusReference, openings: Sequence[Opening]) -> CorpusReference:
+    """`reference` with the article rates of the openings' rests: what the model's continuations of
+    those same beginnings should show. Contexts stay the whole corpus's."""
+    counts = ArticleCounts()
+    for opening in openings:
+        counts += count_articles(opening.rest, reference.words)
+    return dataclasses.replace(
+        reference,
+        source=f"the rest of {len(openings)} held-out validation stories",
+        corpus_words=counts.words,
+        per_100_words=counts.per_100_words(),
+        by_form={form: counts.per_100_words(n) for form, n in counts.by_form().items()},
+        by_word={word: counts.per_100_words(n) for word, n in counts.by_word().items()},
+        matched=True,
+    )
+
+
+def sampling_bias(settings: GenerateConfig) -> str | None:
+    """None under ancestral sampling; otherwise the settings that bias a generated article rate."""
+    biased = [
+        f"temperature {settings.temperature:g}" if settings.temperature != 1.0 else None,
+        f"top-k {settings.top_k}" if settings.top_k is not None else None,
+        f"top-p {settings.top_p:g}" if settings.top_p is not None and settings.top_p < 1.0 else None,
+        f"repetition penalty {settings.repetition_penalty:g}" if settings.repetition_penalty != 1.0 else None,
+    ]
+    named = [b for b in biased if b]
+    return ", ".join(named) if named else None
 
 
 def _reference_key(loaded: LoadedModel, fingerprint: str) -> str:
@@ -446,6 +529,7 @@ class ArticleScore:
     reference: CorpusReference
     contexts: ContextDivergence
     article_less: Counter[str]
+    sampling_bias: str | None = None  # why the rate is not judged (`sampling_bias`), or None
 
     @property
     def per_100_words(self) -> float:
@@ -468,6 +552,8 @@ class ArticleScore:
 
     @property
     def rate_verdict(self) -> str:
+        if self.sampling_bias is not None:
+            return "not judged"
         if self.counts.words < MIN_WORDS:
             return "too little text"
         if self.ratio < 1 - RATE_TOLERANCE:
@@ -479,7 +565,7 @@ class ArticleScore:
     @property
     def verdict(self) -> str:
         """The rate verdict when it is not ok; otherwise whether the contexts agree with the corpus."""
-        if self.rate_verdict != "ok" or self.contexts.verdict == "too little text":
+        if self.rate_verdict != "ok" or self.contexts.verdict == "too little text":  # "not judged" included
             return self.rate_verdict
         return "misplacing articles" if self.contexts.verdict == "diverges" else "ok"
 
@@ -492,6 +578,7 @@ class ArticleScore:
             "per_100_words_interval_95": list(self.interval),
             "corpus": self.reference.to_dict(),
             "ratio": self.ratio,
+            "sampling": "ancestral" if self.sampling_bias is None else self.sampling_bias,
             "rate_verdict": self.rate_verdict,
             "verdict": self.verdict,
             "by_form": _rates(self.counts, _form_counts(self.counts), self.reference.by_form),
@@ -504,12 +591,16 @@ class ArticleScore:
         }
 
 
-def score_samples(samples: Sequence[Continuation], corpus: CorpusReference) -> ArticleScore:
-    """Score every continuation (never its prompt) and compare the whole with the corpus."""
+def score_samples(
+    samples: Sequence[Continuation], corpus: CorpusReference, settings: GenerateConfig | None = None
+) -> ArticleScore:
+    """Score every continuation (never its prompt) and compare the whole with the corpus; the rate is
+    judged only if the samples were drawn under ancestral sampling (`settings`, None: assumed)."""
     scored = tuple(score_continuation(s, corpus) for s in samples)
     total = ArticleCounts()
     for s in scored:
         total += s.counts
     found = [t for s in scored for t in s.transitions]
     patterns = Counter(f"{t.context} {t.word.word}" for s in scored for t in s.article_less)
-    return ArticleScore(scored, total, corpus, ContextDivergence.of(found, corpus), patterns)
+    bias = sampling_bias(settings) if settings is not None else None
+    return ArticleScore(scored, total, corpus, ContextDivergence.of(found, corpus), patterns, bias)

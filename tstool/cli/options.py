@@ -40,3 +40,13 @@ RunTokenizer = Annotated[
     Optional[Path],
     typer.Option("--tokenizer", help="The run's tokenizer.json, when it is not next to the checkpoint."),
 ]
+Correction = Annotated[
+    str,
+    typer.Option(
+        "--correction",
+        metavar="fitted|none|TAU",
+        help="Post-hoc correction of a weighted model: lower its article logits by TAU * log(weight). "
+        "fitted: the tau kept with the checkpoint; none; or a number >= 0. Weight-1 models are never corrected. "
+        "Example: --correction 1.0",
+    ),
+]

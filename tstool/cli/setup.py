@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tstool.config import Config, resolve
+from tstool.errors import InputError
+
+if TYPE_CHECKING:  # torch stays out of `tstool --help`
+    from tstool.analysis.calibration import Correction
+    from tstool.model.loading import LoadedModel
 
 
 def build_config(
@@ -29,3 +34,23 @@ def build_config(
         }
     )
     return resolve(config, dotted, sets)
+
+
+def parse_correction_option(text: str) -> str | float:
+    """`--correction` checked before any slow work; a bad value is an InputError (exit 2)."""
+    from tstool.analysis.calibration import parse_correction
+
+    try:
+        return parse_correction(text)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def correction_for_model(loaded: LoadedModel, choice: str | float) -> Correction:
+    """The correction `--correction` asks of `loaded`; a value it cannot take is an InputError."""
+    from tstool.analysis.calibration import correction_for
+
+    try:
+        return correction_for(loaded, choice)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None

@@ -1,31 +1,81 @@
-"""Reading stories: the bundled TinyStories sample, local files, or a Hugging Face dataset."""
+"""Reading stories: the bundled TinyStories sample, local files, or a Hugging Face dataset.
+
+Every split is a `StorySource`: its stories as a stream of batches, read on demand through bounded
+memory (a file a megabyte at a time, a dataset's Arrow table a batch at a time), and a fingerprint that
+reads no stories (file sizes, modification times and sampled chunks, or a dataset's own fingerprint),
+so that a token cache is found without reading the corpus. `load_corpus` gathers a split into a list,
+for the tools that keep a small corpus in memory.
+"""
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
 import json
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple, Protocol
 
 from tstool.config import DataConfig
 from tstool.data.tokenizer import EOT
 from tstool.errors import InputError
 
+if TYPE_CHECKING:
+    import datasets
+
 Split = Literal["train", "val"]
+SPLIT_ALIASES = {"validation": "val"}  # the Hugging Face name of val, so either spelling works
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "resources" / "tinystories"
 BUNDLED_FILES = ("train-000.txt.gz", "train-sample-001.txt.gz", "train-sample-002.txt.gz")
 # The last stories of the last file are validation; the rest train. 600 stories (~120k tokens) give a
 # steady validation figure, and every other story is worth more as training data on a small sample.
 BUNDLED_VAL_STORIES = 600
-TEXT_SUFFIXES = (".txt", ".text", ".md")
+READ_BYTES = 1 << 20  # a text file is decoded this much at a time: memory stays flat whatever its size
+BATCH_STORIES = 1024  # stories per batch from lists, parquet files and datasets
+NUL_WINDOW = 1_000_000  # a NUL byte this near the start marks a binary file
+# A file's fingerprint hashes this many evenly spaced blocks of it, first and last included: about
+# 1 MiB read, whatever the file's size.
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 1 << 16
+
+
+class Progress(Protocol):
+    """`progress(done, total, tokens=None)` after each step of a pass. Over a stream of stories `total` is
+    an estimate (`expected_stories`) until the last call, where it equals `done`; `tokens` counts what
+    the pass has tokenised so far, where it tokenises."""
+
+    def __call__(self, done: int, total: int, tokens: int | None = None) -> None: ...
+
+
+class StoryBatch(NamedTuple):
+    stories: list[str]
+    fraction: float  # of the whole pass, done once this batch is (for progress estimates)
+
+
+def expected_stories(read: int, fraction: float) -> int:
+    """How many stories a pass will have read in all, from the `read` so far at `fraction` of it: exact at
+    the end, and more than `read` before it."""
+    if fraction >= 1.0:
+        return read
+    return max(read + 1, round(read / fraction)) if fraction > 0 else read + 1
+
+
+class Stories(Protocol):
+    """What a pass over a corpus needs: a name, and its stories in batches."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read(self) -> Iterator[StoryBatch]: ...
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """Stories of one split, with a fingerprint of their content (for cache keys)."""
+    """Stories of one split held in memory, with a fingerprint of their content (for cache keys)."""
 
     name: str
     stories: list[str]
@@ -42,44 +92,132 @@ class Corpus:
     def num_bytes(self) -> int:
         return sum(len(s.encode("utf-8")) for s in self.stories)
 
+    def read(self) -> Iterator[StoryBatch]:
+        return _list_batches(self.stories)
+
+
+@dataclass(frozen=True)
+class StorySource:
+    """One split's stories, streamed in batches by `read`; `fingerprint` names them without reading them."""
+
+    name: str
+    fingerprint: str
+    batches: Callable[[], Iterator[StoryBatch]]
+
+    def read(self) -> Iterator[StoryBatch]:
+        return self.batches()
+
+
+def _stripped(texts: Iterable[object]) -> list[str]:
+    """Stories as tstool keeps them: strings with surrounding whitespace removed, empty ones dropped."""
+    return [story for text in texts if isinstance(text, str) and (story := text.strip())]
+
 
 def split_stories(text: str) -> list[str]:
     """Stories are separated by <|endoftext|>; surrounding whitespace is not part of a story."""
-    return [s.strip() for s in text.split(EOT) if s.strip()]
+    return _stripped(text.split(EOT))
 
 
-def _read_bytes(path: Path) -> bytes:
+def _list_batches(stories: list[str]) -> Iterator[StoryBatch]:
+    for start in range(0, len(stories), BATCH_STORIES):
+        end = min(start + BATCH_STORIES, len(stories))
+        yield StoryBatch(stories[start:end], end / len(stories))
+
+
+# ---- fingerprints --------------------------------------------------------------------------------------
+
+
+def sampled_sha256(path: Path) -> str:
+    """sha256 of SAMPLE_BLOCKS evenly spaced blocks of a file (of all of a small one)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if size <= SAMPLE_BLOCKS * SAMPLE_BYTES:
+            digest.update(handle.read())
+            return digest.hexdigest()
+        step = (size - SAMPLE_BYTES) / (SAMPLE_BLOCKS - 1)
+        for block in range(SAMPLE_BLOCKS):
+            handle.seek(round(block * step))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """Size, modification time and sampled content: any rewrite changes one of them, and no story is read."""
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{sampled_sha256(path)}"
+
+
+# ---- local files ---------------------------------------------------------------------------------------
+
+
+def _checked(path: Path) -> Path:
     if not path.exists():
         raise InputError(f"data file {path} does not exist: check the path passed to --data")
     if not path.is_file():
         raise InputError(f"data path {path} is not a file: pass text, .jsonl or .parquet files")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise InputError(f"data file {path} is not valid gzip ({exc}): re-compress it or pass it uncompressed")
-    if not raw.strip():
+    if path.stat().st_size == 0:
         raise InputError(f"data file {path} is empty: pass a file with stories in it")
-    return raw
+    return path
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    if b"\0" in raw[:1_000_000]:
-        raise InputError(f"data file {path} looks binary (it holds NUL bytes): pass UTF-8 text, .jsonl or .parquet")
+def _gzip_error(path: Path, exc: Exception) -> InputError:
+    return InputError(f"data file {path} is not valid gzip ({exc}): re-compress it or pass it uncompressed")
+
+
+def _read_step(handle: BinaryIO, path: Path) -> bytes:
     try:
-        return raw.decode("utf-8")
+        return handle.read(READ_BYTES)
+    except (OSError, EOFError, zlib.error) as exc:
+        if path.suffix != ".gz":
+            raise
+        raise _gzip_error(path, exc)
+
+
+def _raw_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
+    """The file's bytes (gunzipped for .gz), a step at a time, with how far into the file on disk each ends."""
+    with path.open("rb") as raw, gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else nullcontext(raw) as handle:
+        while chunk := _read_step(handle, path):
+            yield chunk, raw.tell()
+
+
+def _decode(decoder: codecs.IncrementalDecoder, chunk: bytes, read: int, path: Path, final: bool = False) -> str:
+    pending = len(decoder.getstate()[0])  # bytes of a character split across steps, read before `chunk`
+    try:
+        return decoder.decode(chunk, final)
     except UnicodeDecodeError as exc:
-        raise InputError(f"data file {path} is not UTF-8 (bad byte at offset {exc.start}): convert it to UTF-8")
+        offset = read - pending + exc.start
+        raise InputError(f"data file {path} is not UTF-8 (bad byte at offset {offset}): convert it to UTF-8")
 
 
-def _base_suffix(path: Path) -> str:
-    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+def _decoded(path: Path) -> Iterator[tuple[str, int]]:
+    """The file as UTF-8 text, a step at a time, with how far into the file on disk each step ends."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    read, has_text = 0, False
+    for chunk, position in _raw_chunks(path):
+        if read == 0 and b"\0" in chunk[:NUL_WINDOW]:
+            raise InputError(f"data file {path} looks binary (it holds NUL bytes): pass UTF-8 text, .jsonl or .parquet")
+        has_text = has_text or bool(chunk.strip())
+        yield _decode(decoder, chunk, read, path), position
+        read += len(chunk)
+    _decode(decoder, b"", read, path, final=True)
+    if not has_text:
+        raise InputError(f"data file {path} is empty: pass a file with stories in it")
 
 
-def _read_jsonl(path: Path, text: str) -> list[str]:
-    stories = []
-    for number, line in enumerate(text.splitlines(), 1):
+def _text_batches(path: Path) -> Iterator[tuple[list[str], int]]:
+    """Stories separated by <|endoftext|>; the text after a step's last separator waits for the next step."""
+    tail, position = "", 0
+    for text, position in _decoded(path):
+        pieces = (tail + text).split(EOT)
+        tail = pieces.pop()
+        yield _stripped(pieces), position
+    yield _stripped([tail]), position
+
+
+def _jsonl_texts(path: Path, lines: list[str], before: int) -> Iterator[str]:
+    """The 'text' field of each line; `before` lines came earlier in the file (for error messages)."""
+    for number, line in enumerate(lines, before + 1):
         if not line.strip():
             continue
         try:
@@ -88,43 +226,81 @@ def _read_jsonl(path: Path, text: str) -> list[str]:
             raise InputError(f"{path} line {number} is not JSON: each line must be an object with a 'text' field")
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise InputError(f"{path} line {number} has no string 'text' field: each line needs {{\"text\": ...}}")
-        stories.append(row["text"])
-    return stories
+        yield row["text"]
 
 
-def _read_parquet(path: Path, raw: bytes) -> list[str]:
+def _jsonl_batches(path: Path) -> Iterator[tuple[list[str], int]]:
+    tail, before, position = "", 0, 0
+    for text, position in _decoded(path):
+        lines = (tail + text).split("\n")
+        tail = lines.pop()
+        yield _stripped(_jsonl_texts(path, lines, before)), position
+        before += len(lines)
+    yield _stripped(_jsonl_texts(path, [tail], before)), position
+
+
+def _gunzipped(path: Path) -> bytes:
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _gzip_error(path, exc)
+
+
+def _parquet_batches(path: Path) -> Iterator[tuple[list[str], int]]:
+    """The 'text' column a batch of rows at a time (a .parquet.gz needs random access: it is gunzipped whole)."""
     import pyarrow.parquet as pq
 
+    source = io.BytesIO(_gunzipped(path)) if path.suffix == ".gz" else path
     try:
-        table = pq.read_table(io.BytesIO(raw))
+        parquet = pq.ParquetFile(source)
     except Exception as exc:
         raise InputError(f"{path} is not a readable parquet file ({str(exc).splitlines()[0]}): check the file")
-    if "text" not in table.column_names:
-        raise InputError(f"{path} has no 'text' column (columns: {', '.join(table.column_names)}): add one")
-    return [s for s in table.column("text").to_pylist() if isinstance(s, str)]
+    columns = parquet.schema_arrow.names
+    if "text" not in columns:
+        raise InputError(f"{path} has no 'text' column (columns: {', '.join(columns)}): add one")
+    size, rows, done = path.stat().st_size, max(1, parquet.metadata.num_rows), 0
+    for batch in parquet.iter_batches(batch_size=BATCH_STORIES, columns=["text"]):
+        done += batch.num_rows
+        yield _stripped(batch.column(0).to_pylist()), size * done // rows
+
+
+def _base_suffix(path: Path) -> str:
+    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+
+
+FORMATS = {".parquet": _parquet_batches, ".jsonl": _jsonl_batches}  # anything else is text
+
+
+def _file_batches(path: Path) -> Iterator[tuple[list[str], int]]:
+    """One file's stories in batches, with how far into the file on disk each batch ends."""
+    found = False
+    for stories, position in FORMATS.get(_base_suffix(path), _text_batches)(path):
+        found = found or bool(stories)
+        yield stories, position
+    if not found:
+        raise InputError(f"data file {path} holds no stories: pass a file with text in it")
 
 
 def read_file(path: Path) -> list[str]:
     """Stories from one local file: text with <|endoftext|> separators, .jsonl or .parquet (.gz allowed)."""
-    raw = _read_bytes(path)
-    suffix = _base_suffix(path)
-    if suffix == ".parquet":
-        stories = _read_parquet(path, raw)
-    elif suffix == ".jsonl":
-        stories = _read_jsonl(path, _decode(path, raw))
-    else:
-        stories = split_stories(_decode(path, raw))
-    stories = [s.strip() for s in stories if s.strip()]
-    if not stories:
-        raise InputError(f"data file {path} holds no stories: pass a file with text in it")
-    return stories
+    return [story for stories, _ in _file_batches(_checked(path)) for story in stories]
 
 
-def read_files(paths: list[str]) -> list[str]:
-    stories: list[str] = []
-    for path in paths:
-        stories.extend(read_file(Path(path)))
-    return stories
+def _files_source(paths: list[str], name: str) -> StorySource:
+    files = [_checked(Path(path)) for path in paths]
+    sizes = [path.stat().st_size for path in files]
+
+    def batches() -> Iterator[StoryBatch]:
+        before = 0
+        for path, size in zip(files, sizes, strict=True):
+            for stories, position in _file_batches(path):
+                yield StoryBatch(stories, (before + position) / sum(sizes))
+            before += size
+
+    return StorySource(name, ",".join(file_fingerprint(path) for path in files), batches)
+
+
+# ---- the bundled sample and Hugging Face datasets ---------------------------------------------------------
 
 
 def read_bundled(split: Split) -> list[str]:
@@ -134,8 +310,15 @@ def read_bundled(split: Split) -> list[str]:
     return stories[-BUNDLED_VAL_STORIES:] if split == "val" else stories[:-BUNDLED_VAL_STORIES]
 
 
-def read_hf_dataset(name: str, split: str) -> list[str]:
-    """A dataset saved with `save_to_disk` (a local folder) or a hub name, loaded through `datasets`."""
+def _bundled_source(split: Split) -> StorySource:
+    """A small sample: read whole when the stream starts."""
+    fingerprint = ",".join(file_fingerprint(BUNDLED_DIR / name) for name in BUNDLED_FILES)
+    return StorySource(f"bundled:{split}", fingerprint, lambda: _list_batches(read_bundled(split)))
+
+
+def _hf_dataset(name: str, split: str) -> datasets.Dataset:
+    """A dataset saved with `save_to_disk` (a local folder) or a hub name, loaded through `datasets`
+    (memory-mapped Arrow: nothing is read into memory yet)."""
     import datasets
 
     try:
@@ -159,45 +342,115 @@ def read_hf_dataset(name: str, split: str) -> list[str]:
         ) from None
     if "text" not in loaded.column_names:
         raise InputError(f"dataset '{name}' has no 'text' column (columns: {', '.join(loaded.column_names)})")
-    return [s.strip() for s in loaded["text"] if isinstance(s, str) and s.strip()]
+    return loaded
+
+
+def _hf_source(name: str, split: str) -> StorySource:
+    loaded = _hf_dataset(name, split)
+    texts = loaded.select_columns("text")
+
+    def batches() -> Iterator[StoryBatch]:
+        done = 0
+        for batch in texts.iter(batch_size=BATCH_STORIES):
+            done += len(batch["text"])
+            yield StoryBatch(_stripped(batch["text"]), done / len(texts))
+
+    # The dataset's own fingerprint, which `datasets` derives from its files and the steps that made them.
+    return StorySource(f"{name}:{split}", loaded._fingerprint, batches)
+
+
+def read_hf_dataset(name: str, split: str) -> list[str]:
+    return gather(_hf_source(name, split)).stories
+
+
+# ---- splits ----------------------------------------------------------------------------------------------
+
+
+def _story_range(batches: Iterator[StoryBatch], start: int, stop: int | None) -> Iterator[StoryBatch]:
+    """Stories start..stop of a stream (stop None: to its end); reading ends at `stop`."""
+    seen = 0
+    for batch in batches:
+        first, seen = seen, seen + len(batch.stories)
+        if seen > start:
+            end = None if stop is None else stop - first
+            yield batch._replace(stories=batch.stories[max(0, start - first) : end])
+        if stop is not None and seen >= stop:
+            return
 
 
 def _held_out_index(count: int, fraction: float) -> int:
     return count - max(1, round(count * fraction))
 
 
-def load_corpus(cfg: DataConfig, split: Split) -> Corpus:
-    """The stories of one split, as the data config selects them (limit applied)."""
+def _held_out(source: StorySource, split: Split, fraction: float) -> StorySource:
+    """`source` less its last `fraction` of stories (train), or those alone (val): a counting pass finds the cut."""
+
+    def batches() -> Iterator[StoryBatch]:
+        count = sum(len(batch.stories) for batch in source.read())
+        if count < 2:
+            raise InputError("the data holds a single story: add more stories or pass --val-data for validation")
+        cut = _held_out_index(count, fraction)
+        yield from _story_range(source.read(), 0, cut) if split == "train" else _story_range(source.read(), cut, None)
+
+    return StorySource(source.name, f"{source.fingerprint}|held out {fraction}", batches)
+
+
+def _limited(source: StorySource, limit: int | None, split: str) -> StorySource:
+    """The first `limit` stories of `source` (all of them without a limit); a split without any is an error."""
+
+    def batches() -> Iterator[StoryBatch]:
+        found = 0
+        for batch in source.read() if limit is None else _story_range(source.read(), 0, limit):
+            found += len(batch.stories)
+            yield batch if limit is None else batch._replace(fraction=max(batch.fraction, found / limit))
+        if not found:
+            raise InputError(f"the {split} split holds no stories: check --data/--dataset and --limit")
+
+    return StorySource(
+        source.name, source.fingerprint if limit is None else f"{source.fingerprint}|limit {limit}", batches
+    )
+
+
+def split_source(cfg: DataConfig, split: Split) -> StorySource:
+    """The stories of one split, as the data config selects them (limit applied), not yet read."""
     if cfg.dataset:
-        hf_split = cfg.split if split == "train" else cfg.val_split
-        stories, name = read_hf_dataset(cfg.dataset, hf_split), f"{cfg.dataset}:{hf_split}"
+        source = _hf_source(cfg.dataset, cfg.split if split == "train" else cfg.val_split)
+    elif cfg.files and split == "val" and cfg.val_files:
+        source = _files_source(cfg.val_files, "val_files")
     elif cfg.files:
-        if split == "val" and cfg.val_files:
-            stories, name = read_files(cfg.val_files), "val_files"
-        else:
-            stories = read_files(cfg.files)
-            if not cfg.val_files:
-                if len(stories) < 2:
-                    raise InputError(
-                        "the data holds a single story: add more stories or pass --val-data for validation"
-                    )
-                cut = _held_out_index(len(stories), cfg.val_fraction)
-                stories = stories[:cut] if split == "train" else stories[cut:]
-            name = f"files:{split}"
+        source = _files_source(cfg.files, f"files:{split}")
+        if not cfg.val_files:
+            source = _held_out(source, split, cfg.val_fraction)
     else:
-        stories, name = read_bundled(split), f"bundled:{split}"
-    if cfg.limit is not None:
-        stories = stories[: cfg.limit]
-    if not stories:
-        raise InputError(f"the {split} split holds no stories: check --data/--dataset and --limit")
-    return Corpus(name=name, stories=stories)
+        source = _bundled_source(split)
+    return _limited(source, cfg.limit, split)
+
+
+def canonical_split(name: str) -> str:
+    """`validation` as `val` (see SPLIT_ALIASES); any other name unchanged."""
+    return SPLIT_ALIASES.get(name, name)
+
+
+def named_source(cfg: DataConfig, split: str) -> StorySource:
+    """`train`/`val` (or `validation`) as the config defines them; with a HF dataset any split name it has."""
+    split = canonical_split(split)
+    if split in ("train", "val"):
+        return split_source(cfg, split)  # type: ignore[arg-type]
+    if cfg.dataset:
+        return _limited(_hf_source(cfg.dataset, split), cfg.limit, split)
+    raise InputError(f"unknown split '{split}': use --split train or --split val (or validation)")
+
+
+def gather(stories: Stories) -> Corpus:
+    """All the stories of a stream, in memory."""
+    return Corpus(stories.name, [story for batch in stories.read() for story in batch.stories])
+
+
+def load_corpus(cfg: DataConfig, split: Split) -> Corpus:
+    """The stories of one split, as the data config selects them (limit applied), in memory."""
+    return gather(split_source(cfg, split))
 
 
 def load_named_split(cfg: DataConfig, split: str) -> Corpus:
-    """`train`/`val` as the config defines them; with a HF dataset any split name it has."""
-    if split in ("train", "val"):
-        return load_corpus(cfg, split)  # type: ignore[arg-type]
-    if cfg.dataset:
-        stories = read_hf_dataset(cfg.dataset, split)[: cfg.limit]
-        return Corpus(name=f"{cfg.dataset}:{split}", stories=stories)
-    raise InputError(f"unknown split '{split}': use --split train or --split val")
+    """`named_source`, in memory."""
+    return gather(named_source(cfg, split))

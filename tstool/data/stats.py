@@ -13,19 +13,26 @@ Definitions used throughout (and written into every stats document):
   next words that are articles.
 
 `count_articles` is a pure function on one text, reused to score generated continuations.
+
+`dataset_stats` counts a corpus a chunk of stories at a time, on worker processes, and merges the chunks'
+counts in order, so its result does not depend on the number of workers. The chunks also give each rate
+a 95% interval (a chunk is one draw), and with a precision the pass stops once the interval is that tight.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import pairwise
+from itertools import chain, islice, pairwise
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,7 @@ import numpy as np
 
 from tstool.config import ArticleConfig
 from tstool.data.articles import ArticleSet, ResolvedForm
-from tstool.data.corpus import Corpus
+from tstool.data.corpus import Progress, Stories, expected_stories
 from tstool.data.tokenizer import TextTokenizer
 from tstool.errors import InputError
 
@@ -47,9 +54,9 @@ SENTENCE_ENDS = frozenset(".!?…\n\r")
 SENTENCE_GAP = frozenset(" \t\"'“”‘’()[]*")
 # Contexts never span punctuation, digits or line breaks: "in." followed by "The" is no transition.
 CONTEXT_BREAK = re.compile(r"[^\w'’ \t]+|[\d_]+")
-CHUNK_SIZE = 1000
-
-Progress = Callable[[int, int], None]
+CHUNK_SIZE = 1000  # stories per chunk: the unit of work of a worker, and one draw for the intervals
+Z_95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
+MIN_SAMPLE_CHUNKS = 20  # fewer chunks give too rough an interval to stop on
 
 
 @lru_cache(maxsize=16)
@@ -201,6 +208,11 @@ class TokenCounts:
     @property
     def tokens(self) -> int:
         return sum(self.lengths)
+
+    def merge(self, other: TokenCounts) -> None:
+        self.lengths.extend(other.lengths)
+        self.by_id.update(other.by_id)
+        self.inside_word.update(other.inside_word)
 
 
 def _inside_word(text: str, start: int, end: int) -> bool:
@@ -368,6 +380,15 @@ class _WordTally:
         self.pair_ends.update((ws[i - 2], ws[i - 1]) for i in marks if ws[i] is None)
         self.pair_articles.update((ws[i - 2], ws[i - 1], ws[i]) for i in marks if ws[i] is not None)
 
+    def merge(self, other: _WordTally) -> None:
+        """Add a later chunk's tally: merged in order, counters keep the order of first occurrence."""
+        self.counts += other.counts
+        self.per_story.extend(other.per_story)
+        self.without_articles += other.without_articles
+        self.bigrams.update(other.bigrams)
+        self.pair_ends.update(other.pair_ends)
+        self.pair_articles.update(other.pair_articles)
+
     def next_words(self, top: int) -> dict[str, list[NextWord]]:
         after: dict[str, Counter[str]] = {w: Counter() for w in self.words}
         for (first, second), n in self.bigrams.items():
@@ -408,6 +429,157 @@ class _WordTally:
         return sorted(rates, key=lambda r: -r.count)
 
 
+# ---- intervals from chunks ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A rate and its 95% interval."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+def ratio_interval(counts: Sequence[int], totals: Sequence[int], scale: float = 100.0) -> Interval | None:
+    """scale * sum(counts) / sum(totals), with a 95% interval from the per-chunk counts; None from fewer
+    than two chunks. Each chunk of stories is one draw (words of one story are not independent), and the
+    variance is the ratio estimator's: k/(k-1) * sum((count_i - rate * total_i)^2) / sum(totals)^2."""
+    found, out_of = np.asarray(counts, dtype=np.float64), np.asarray(totals, dtype=np.float64)
+    chunks, denominator = len(found), float(out_of.sum())
+    if chunks < 2 or not denominator:
+        return None
+    rate = float(found.sum()) / denominator
+    error = math.sqrt(chunks / (chunks - 1) * float(((found - rate * out_of) ** 2).sum())) / denominator
+    return Interval(scale * rate, scale * (rate - Z_95 * error), scale * (rate + Z_95 * error))
+
+
+@dataclass(frozen=True)
+class ChunkRates:
+    """What the intervals need of one chunk: its words and its articles by word."""
+
+    words: int
+    by_word: dict[str, int]
+
+    @property
+    def articles(self) -> int:
+        return sum(self.by_word.values())
+
+
+def rate_interval(chunks: Sequence[ChunkRates]) -> Interval | None:
+    """Articles per 100 words."""
+    return ratio_interval([c.articles for c in chunks], [c.words for c in chunks])
+
+
+def word_intervals(chunks: Sequence[ChunkRates], words: Sequence[str]) -> dict[str, Interval]:
+    """Each article word per 100 words."""
+    totals = [c.words for c in chunks]
+    found = {w: ratio_interval([c.by_word.get(w, 0) for c in chunks], totals) for w in words}
+    return {w: interval for w, interval in found.items() if interval is not None}
+
+
+def precise_enough(chunks: Sequence[ChunkRates], precision: float) -> bool:
+    """The interval of articles per 100 words is within +-precision of it, from enough chunks to trust."""
+    interval = rate_interval(chunks) if len(chunks) >= MIN_SAMPLE_CHUNKS else None
+    return interval is not None and interval.half_width <= precision * interval.value
+
+
+# ---- counting chunks, here or on worker processes ---------------------------------------------------------
+
+
+@dataclass
+class _ChunkCount:
+    """All one chunk of stories adds to the statistics."""
+
+    stories: int
+    words: _WordTally
+    tokens: TokenCounts
+
+    @property
+    def rates(self) -> ChunkRates:
+        return ChunkRates(self.words.counts.words, self.words.counts.by_word())
+
+
+@dataclass(frozen=True)
+class _Counter:
+    """Counts one chunk of stories. Picklable (a tokenizer pickles as its JSON), so worker processes run it."""
+
+    tokenizer: TextTokenizer
+    ids: frozenset[int]
+    words: tuple[str, ...]
+
+    def __call__(self, stories: list[str]) -> _ChunkCount:
+        tally, tokens = _WordTally(words=self.words), TokenCounts()
+        _tally_tokens(self.tokenizer, stories, self.ids, tokens)
+        for story in stories:
+            tally.add(story)
+        return _ChunkCount(len(stories), tally, tokens)
+
+
+_worker_counter: _Counter | None = None  # a worker process's counter, set once when the worker starts
+
+
+def _start_worker(counter: _Counter) -> None:
+    global _worker_counter
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism: one thread each
+    _worker_counter = counter
+
+
+def _count_in_worker(stories: list[str]) -> _ChunkCount:
+    assert _worker_counter is not None, "_start_worker runs first in every worker"
+    return _worker_counter(stories)
+
+
+def _chunks(corpus: Stories, size: int = CHUNK_SIZE) -> Iterator[tuple[list[str], float]]:
+    """The corpus re-cut into chunks of `size` stories (the last may be shorter), each with the fraction of
+    the pass done once it is read."""
+    pending: list[str] = []
+    for batch in corpus.read():
+        pending.extend(batch.stories)
+        while len(pending) >= size:
+            yield pending[:size], batch.fraction
+            pending = pending[size:]
+    if pending:
+        yield pending, 1.0
+
+
+def _counted(
+    chunks: Iterator[tuple[list[str], float]], counter: _Counter, workers: int
+) -> Iterator[tuple[_ChunkCount, float]]:
+    """Each chunk's counts, in order: in this process for one worker or a single chunk, else on a pool of
+    `workers` processes with a few chunks in flight (memory stays bounded however long the corpus)."""
+    head = list(islice(chunks, 2))
+    if workers < 2 or len(head) < 2:
+        for stories, fraction in chain(head, chunks):
+            yield counter(stories), fraction
+        return
+    # spawn, not fork: a forked child of a process whose tokenizer threads have run can deadlock
+    pool = ProcessPoolExecutor(workers, get_context("spawn"), initializer=_start_worker, initargs=(counter,))
+    in_flight: deque[tuple[Future[_ChunkCount], float]] = deque()
+    try:
+        for stories, fraction in chain(head, chunks):
+            in_flight.append((pool.submit(_count_in_worker, stories), fraction))
+            if len(in_flight) > 2 * workers:
+                future, done = in_flight.popleft()
+                yield future.result(), done
+        while in_flight:
+            future, done = in_flight.popleft()
+            yield future.result(), done
+    finally:
+        pool.shutdown(cancel_futures=True)  # a pass stopped early leaves chunks nobody will read
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 DEFINITIONS = {
     "article": "a whole word equal, ignoring case, to an article word",
     "form": "lower/cap by case; _space when a space precedes the article, _bare otherwise; other for e.g. THE",
@@ -415,7 +587,30 @@ DEFINITIONS = {
     "context": "1-2 lowercased words directly followed by another word (spaces only between); count = how often, "
     "rate = share of those next words that are articles",
     "inside_word": "occurrences of an article token that are part of a longer word (theater, banana)",
+    "interval": f"95% interval of a rate over chunks of {CHUNK_SIZE} stories in corpus order, each chunk one draw "
+    "(ratio estimator)",
 }
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How much of the corpus the statistics read, and how sure their rates are."""
+
+    chunks: list[ChunkRates]
+    words: tuple[str, ...]
+    precision: float | None
+    stopped_early: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        overall = rate_interval(self.chunks)
+        return {
+            "chunk_stories": CHUNK_SIZE,
+            "chunks": len(self.chunks),
+            "precision": self.precision,
+            "stopped_early": self.stopped_early,
+            "articles_per_100_words": overall.to_dict() if overall else None,
+            "by_word_per_100_words": {w: i.to_dict() for w, i in word_intervals(self.chunks, self.words).items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -434,6 +629,7 @@ class DatasetStats:
     tokens_per_story: Distribution
     next_words: dict[str, list[NextWord]]
     contexts: list[ContextRate]
+    sampling: Sampling
 
     @property
     def article_tokens(self) -> int:
@@ -466,40 +662,56 @@ class DatasetStats:
             "tokens_per_story": self.tokens_per_story.to_dict(),
             "next_words": {w: [vars(n) for n in nws] for w, nws in self.next_words.items()},
             "contexts": [c.to_dict() for c in self.contexts],
+            "sampling": self.sampling.to_dict(),
         }
 
 
 def dataset_stats(
-    corpus: Corpus,
+    corpus: Stories,
     tokenizer: TextTokenizer,
     articles: ArticleSet,
     words: Sequence[str] = DEFAULT_WORDS,
     top_contexts: int = 50,
     top_next: int = 10,
     progress: Progress | None = None,
+    workers: int | None = None,
+    precision: float | None = None,
 ) -> DatasetStats:
-    """One pass over the corpus in chunks: token counts (parallel encode) and word-level counts."""
+    """One pass over the corpus in chunks, counted on `workers` processes (default: every core) and merged
+    in order: token counts and word-level counts. With `precision` (e.g. 0.01), the pass stops once the 95%
+    interval of articles per 100 words is within +-precision of it."""
     words = tuple(w.lower() for w in words)
-    tally = _WordTally(words=words)
-    token_counts = TokenCounts()
-    ids = frozenset(articles.ids)
-    for chunk in _chunked(corpus.stories, progress):
-        _tally_tokens(tokenizer, chunk, ids, token_counts)
-        for story in chunk:
-            tally.add(story)
+    counter = _Counter(tokenizer, frozenset(articles.ids), words)
+    tally, token_counts = _WordTally(words=words), TokenCounts()
+    chunks: list[ChunkRates] = []
+    stories = tokens = 0
+    stopped_early = False
+    for count, fraction in _counted(_chunks(corpus), counter, workers or available_cores()):
+        tally.merge(count.words)
+        token_counts.merge(count.tokens)
+        chunks.append(count.rates)
+        stories, tokens = stories + count.stories, tokens + sum(count.tokens.lengths)
+        if progress:
+            progress(stories, expected_stories(stories, fraction), tokens=tokens)
+        if precision is not None and precise_enough(chunks, precision):
+            stopped_early = True
+            break
+    if progress:
+        progress(stories, stories, tokens=tokens)
     return DatasetStats(
         corpus=corpus.name,
         tokenizer=tokenizer,
         words=words,
-        stories=len(corpus.stories),
+        stories=stories,
         word_counts=tally.counts,
         token_forms=token_form_counts(articles, token_counts),
-        tokens=token_counts.tokens,
+        tokens=tokens,
         articles_per_100_words=Distribution.of(tally.per_story),
         stories_without_articles=tally.without_articles,
         tokens_per_story=Distribution.of(token_counts.lengths),
         next_words=tally.next_words(top_next),
         contexts=tally.contexts(top_contexts),
+        sampling=Sampling(chunks, words, precision, stopped_early),
     )
 
 

@@ -28,8 +28,11 @@ def _sums_and_gradient(
     logits: torch.Tensor, targets: torch.Tensor, tables: LossTables, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`weighted_cross_entropy`'s weighted sum and totals for float32 logits (N, V) and targets (N,),
-    and the weighted sum's gradient w (softmax - onehot(target)), written over `logits`. One fixed
+    and the weighted sum's gradient w (softmax - onehot(target)), written over `logits` (which must be
+    a copy: the logit offset is added in place). One fixed
     sequence of kernels with no host sync, so that it can be captured."""
+    if tables.logit_offset is not None:
+        logits.add_(tables.logit_offset)
     kept = targets != ignore_index
     safe_targets = targets.masked_fill(~kept, 0)
     weights = tables.weight[safe_targets] * kept

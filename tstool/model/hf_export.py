@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tstool.config import ModelConfig
 from tstool.data.tokenizer import EOT, TextTokenizer, load_tokenizer
 from tstool.errors import CheckpointError, ConfigError, TokenizerError
 from tstool.model.llama import TinyLlama, hf_state_dict
-from tstool.model.loading import load_model
+from tstool.model.loading import LoadedModel, load_model
 from tstool.runs.run_dir import config_differences
 
 CONFIG = "config.json"
@@ -58,6 +59,7 @@ class HFExport:
     step: int | None
     files: list[str]
     config: dict[str, Any]
+    sequence_bias: list[list[Any]]  # the correction generate() applies: [[token_id], bias] pairs; [] for none
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -91,8 +93,18 @@ def hf_config(cfg: ModelConfig, vocab_size: int, eot_id: int) -> dict[str, Any]:
     }
 
 
-def _companion_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict[str, Any]]:
-    """JSON files beside tokenizer.json: a PreTrainedTokenizerFast with EOS/BOS set, and generation defaults."""
+def sequence_bias(logit_bias: torch.Tensor | None) -> list[list[Any]]:
+    """A logit bias (V,) as `GenerationConfig.sequence_bias`: [[token_id], bias] for each biased token.
+    generate() applies it to the raw logits before repetition penalty, temperature, top-k and top-p,
+    as tstool's sampler applies the correction."""
+    if logit_bias is None:
+        return []
+    return [[[int(i)], float(logit_bias[i])] for i in logit_bias.nonzero().squeeze(1).tolist()]
+
+
+def _companion_files(tokenizer: TextTokenizer, max_len: int, bias: list[list[Any]]) -> dict[str, dict[str, Any]]:
+    """JSON files beside tokenizer.json: a PreTrainedTokenizerFast with EOS/BOS set, and generation
+    defaults, with the post-hoc article correction as a sequence bias when there is one."""
     special = {"bos_token": EOT, "eos_token": EOT}
     return {
         "tokenizer_config.json": {
@@ -107,6 +119,7 @@ def _companion_files(tokenizer: TextTokenizer, max_len: int) -> dict[str, dict[s
             "bos_token_id": tokenizer.eot_id,
             "eos_token_id": tokenizer.eot_id,
             "pad_token_id": tokenizer.eot_id,  # batch-1 generate() needs no padding but warns without one
+            **({"sequence_bias": bias} if bias else {}),
         },
     }
 
@@ -132,8 +145,15 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_hf_folder(model: TinyLlama, tokenizer: TextTokenizer, out: Path, overwrite: bool = False) -> list[str]:
-    """Write `model` and `tokenizer` as a Hugging Face Llama folder at `out`, atomically; returns the file names."""
+def write_hf_folder(
+    model: TinyLlama,
+    tokenizer: TextTokenizer,
+    out: Path,
+    overwrite: bool = False,
+    bias: list[list[Any]] | None = None,
+) -> list[str]:
+    """Write `model` and `tokenizer` as a Hugging Face Llama folder at `out`, atomically, with `bias`
+    (`sequence_bias`) in its generation config; returns the file names."""
     check_out_dir(out, overwrite)
     # The head is the embedding: stored once under the embedding's name, as save_pretrained does.
     weights = {name: t.cpu() for name, t in hf_state_dict(model).items() if name != TIED_HEAD}
@@ -146,7 +166,7 @@ def write_hf_folder(model: TinyLlama, tokenizer: TextTokenizer, out: Path, overw
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         _write_json(tmp / CONFIG, hf_config(model.cfg, model.vocab_size, tokenizer.eot_id))
         tokenizer.save(tmp)
-        for name, data in _companion_files(tokenizer, model.cfg.max_seq_len).items():
+        for name, data in _companion_files(tokenizer, model.cfg.max_seq_len, bias or []).items():
             _write_json(tmp / name, data)
         files = sorted(p.name for p in tmp.iterdir())
         _replace_dir(tmp, target)
@@ -156,11 +176,20 @@ def write_hf_folder(model: TinyLlama, tokenizer: TextTokenizer, out: Path, overw
     return files
 
 
-def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, tokenizer: Path | None = None) -> HFExport:
-    """Write a checkpoint (or a run folder's latest) as a Hugging Face Llama folder at `out`."""
+def export_hf(
+    checkpoint: Path,
+    out: Path,
+    overwrite: bool = False,
+    tokenizer: Path | None = None,
+    correction: Callable[[LoadedModel], torch.Tensor | None] = lambda loaded: None,
+) -> HFExport:
+    """Write a checkpoint (or a run folder's latest) as a Hugging Face Llama folder at `out`, with the
+    logit bias that `correction` gives the loaded model (the post-hoc article correction) carried in
+    its generation config."""
     check_out_dir(out, overwrite)  # before loading anything
     loaded = load_model(checkpoint, "cpu", tokenizer)
-    files = write_hf_folder(loaded.model, loaded.tokenizer, out, overwrite)
+    bias = sequence_bias(correction(loaded))
+    files = write_hf_folder(loaded.model, loaded.tokenizer, out, overwrite, bias)
     step = loaded.meta.get("step")
     return HFExport(
         path=out,
@@ -168,6 +197,7 @@ def export_hf(checkpoint: Path, out: Path, overwrite: bool = False, tokenizer: P
         step=int(step) if step is not None else None,
         files=files,
         config=hf_config(loaded.model.cfg, loaded.model.vocab_size, loaded.tokenizer.eot_id),
+        sequence_bias=bias,
     )
 
 

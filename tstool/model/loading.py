@@ -22,8 +22,13 @@ class LoadedModel:
     tokenizer: TextTokenizer
     config: Config
     meta: dict[str, Any]
-    path: Path
+    path: Path  # the step folder read, even when a run folder (its `latest`) was asked for
     device: torch.device
+
+    @property
+    def step(self) -> int:
+        """The training step of the checkpoint read: what a reader of a run still training got."""
+        return int(self.meta["step"])
 
 
 def find_tokenizer(checkpoint_path: Path) -> Path:
@@ -37,7 +42,8 @@ def find_tokenizer(checkpoint_path: Path) -> Path:
 def load_model(path: Path, device: str | torch.device = "cpu", tokenizer: Path | None = None) -> LoadedModel:
     """A checkpoint (or a run folder's latest) as an eval-mode model with its own tokenizer.
 
-    A tokenizer given explicitly must be the one the checkpoint was trained with.
+    A tokenizer given explicitly must be the one the checkpoint was trained with. A run still training
+    may prune its `latest` mid-read: the weights and meta still come whole from one step folder.
     """
     loaded = ckpt.load_checkpoint(path)
     config = from_dict(loaded.meta["config"])

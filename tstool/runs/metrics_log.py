@@ -11,14 +11,17 @@ from tstool.atomic import write_text
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete records; a torn last line (a crash mid-write) is skipped."""
+    """All complete records. Only lines ending in a newline count: a last line without one is being
+    appended by a run still training (or was torn by a crash), and a line that is not JSON is skipped."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return []
     records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in data.split(b"\n")[:-1]:  # the piece after the last newline is not a whole line yet
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or UnicodeDecodeError from a torn multi-byte character
             continue
         if isinstance(record, dict):
             records.append(record)

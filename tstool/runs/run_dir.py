@@ -8,11 +8,11 @@ from typing import Any
 
 import yaml
 
-from tstool.runs import checkpoint as ckpt
 from tstool.atomic import write_text
 from tstool.config import Config
-from tstool.errors import CheckpointError, ConfigError
 from tstool.data.tokenizer import TextTokenizer, write_meta
+from tstool.errors import CheckpointError, ConfigError
+from tstool.runs import checkpoint as ckpt
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -83,6 +83,7 @@ class RunDir:
         """Write config and tokenizer; `replace` first deletes the old run's checkpoints and metrics.
 
         Called only once every input has proved usable, so a failed start leaves the folder as it was.
+        The caller holds the folder's lock (tstool.runs.lock), whose file this never deletes.
         """
         if replace:
             shutil.rmtree(self.path / ckpt.CKPT_DIR, ignore_errors=True)

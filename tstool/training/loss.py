@@ -27,15 +27,20 @@ def sums_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass(frozen=True)
 class LossTables:
-    """Per-token lookups indexed by target ID."""
+    """Per-token lookups indexed by target ID, and the logit offset of the logit-adjusted loss."""
 
     weight: torch.Tensor  # (V,) float32: the loss weight of each target token
     is_article: torch.Tensor  # (V,) bool
+    # (V,) float32 added to every row of logits inside the loss, or None. log w makes the loss
+    # "logit-adjusted" (Menon et al. 2021): its optimum has softmax(raw logits) = the data's distribution,
+    # so the model stays calibrated while weighted targets keep w times the gradient weight.
+    logit_offset: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, weight_table: torch.Tensor, article_mask: torch.Tensor) -> LossTables:
+    def build(cls, weight_table: torch.Tensor, article_mask: torch.Tensor, logit_adjusted: bool = False) -> LossTables:
         """From weight_table (V,) (`ArticleSet.weight_table`) and article_mask (V,) bool (`mask_table`)."""
-        return cls(weight_table.float(), article_mask.bool())
+        weight = weight_table.float()
+        return cls(weight, article_mask.bool(), weight.log() if logit_adjusted else None)
 
     @classmethod
     def unweighted(cls, article_mask: torch.Tensor) -> LossTables:
@@ -47,7 +52,8 @@ class LossTables:
         return self.weight.numel()
 
     def to(self, device: torch.device) -> LossTables:
-        return LossTables(self.weight.to(device), self.is_article.to(device))
+        offset = None if self.logit_offset is None else self.logit_offset.to(device)
+        return LossTables(self.weight.to(device), self.is_article.to(device), offset)
 
 
 @dataclass
@@ -146,9 +152,12 @@ def weighted_cross_entropy(
 ) -> LossParts:
     """Sums of weighted and plain CE for logits (B, T, V) against targets (B, T).
 
-    weighted_sum = sum over kept targets of weight[y] * CE; targets equal to `ignore_index` count nowhere.
+    weighted_sum = sum over kept targets of weight[y] * CE, with CE of the logits plus the tables' logit
+    offset if they have one; targets equal to `ignore_index` count nowhere.
     """
     flat_logits = logits.reshape(-1, logits.size(-1)).float()  # (N, V); float32 even when bf16 under autocast
+    if tables.logit_offset is not None:
+        flat_logits = flat_logits + tables.logit_offset
     flat_targets = targets.reshape(-1)  # (N,)
     kept = flat_targets != ignore_index
     safe_targets = flat_targets.masked_fill(~kept, 0)  # a valid ID for the lookups; masked out below

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from tstool.analysis.calibration import CorrectionStats, correction_stats, fit_tau
 from tstool.config import Config
 from tstool.data.articles import ArticleSet, resolve_articles
 from tstool.data.batches import BlockSampler, SamplerState, eval_block_ids, gather_blocks, split_block
@@ -29,6 +30,7 @@ from tstool.faults import with_injected_faults
 from tstool.model.hf_export import check_hf_folder, load_hf_weights
 from tstool.model.llama import TinyLlama, flops_per_token
 from tstool.runs import checkpoint as ckpt
+from tstool.runs.lock import RunLock
 from tstool.runs.manager import CheckpointManager
 from tstool.runs.metrics_log import MetricsLog
 from tstool.runs.run_dir import RunDir
@@ -86,6 +88,15 @@ def metrics_from_parts(parts: LossParts) -> dict[str, float | None]:
 
 class Trainer:
     def __init__(self, cfg: Config, options: RunOptions, emit: Emit):
+        self.lock: RunLock | None = None
+        try:
+            self._build(cfg, options, emit)
+        except BaseException:  # a failed start frees the run folder and leaves it as it was
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _build(self, cfg: Config, options: RunOptions, emit: Emit) -> None:
         self.cfg, self.options, self.emit = cfg, options, emit
         tc = cfg.train
         device = resolve_device(tc.device)
@@ -101,6 +112,8 @@ class Trainer:
         if options.init_from is not None:  # checked before the run folder is touched
             check_hf_folder(options.init_from, cfg.model, self.tokenizer)
         self.run_dir = RunDir(options.out_dir)
+        if self.ddp.is_main:  # one writer per run folder, from before anything in it is read or written
+            self.lock = RunLock.acquire(self.run_dir.path)
         resume_path = self.run_dir.prepare(cfg, self.tokenizer, options.resume, options.overwrite)
 
         seq_len = cfg.model.max_seq_len
@@ -119,7 +132,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.dtype == "fp16")
         # The CPU copy gives each step's total weight from the targets before they reach the device.
         self.weight_table_cpu = self.articles.weight_table(tc.article_weight)
-        tables = LossTables.build(self.weight_table_cpu, self.articles.mask_table()).to(self.device)
+        mask = self.articles.mask_table()
+        tables = LossTables.build(self.weight_table_cpu, mask, tc.logit_adjusted).to(self.device)
+        self.val_tables = LossTables.build(self.weight_table_cpu, mask).to(self.device)  # the raw model's numbers
+        self.correction: dict[str, Any] | None = None  # the post-hoc correction fitted at the last validation
         self.loss = with_injected_faults(head_loss(tables, self.device, tc.fast_paths), lambda: self.step)
         self.step, self.bad_steps = 0, 0
         self.checkpoints = CheckpointManager(self.run_dir.path, tc.ckpt_interval, tc.keep_last)
@@ -145,8 +161,8 @@ class Trainer:
 
     # -- building blocks -------------------------------------------------------------------------
     def _load_split(self, split: str):
-        def progress(done: int, total: int) -> None:
-            self.emit({"event": "tokenize", "split": split, "done": done, "total": total})
+        def progress(done: int, total: int, tokens: int | None = None) -> None:
+            self.emit({"event": "tokenize", "split": split, "done": done, "total": total, "tokens": tokens})
 
         # Rank 0 fills the cache first so other ranks only read it.
         if self.ddp.enabled and not self.ddp.is_main:
@@ -206,6 +222,7 @@ class Trainer:
             "epoch": self.sampler.epoch_progress,
             "tokens": self.step * self.tokens_per_step,
             "best_val_loss": self.checkpoints.best_val_loss,
+            "article_correction": self.correction,
         }
 
     def save(self, best: bool = False) -> Path | None:
@@ -272,17 +289,33 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
+        """Validation numbers of the raw model (no logit offset), and for a weighted model the fitted
+        post-hoc correction (`tstool.analysis.calibration`) with the loss it reaches."""
         self.model.eval()
         parts = LossParts.zeros(self.device)
+        stats: CorrectionStats | None = None
+        weighted = self.cfg.train.article_weight != 1.0
         mine = self.val_ids[self.ddp.rank :: self.ddp.world]
         seq_len, batch = self.cfg.model.max_seq_len, self.cfg.train.batch_size
         for start in range(0, len(mine), batch):
             x, y = split_block(gather_blocks(self.val_tokens.tokens, mine[start : start + batch], seq_len))
-            parts = parts + self._loss_parts(self.model, self._to_device(x), self._to_device(y))
+            x, y = self._to_device(x), self._to_device(y)
+            with autocast(self.device, self.cfg.train.dtype):
+                logits = self.model(x)
+            parts = parts + weighted_cross_entropy(logits, y, self.val_tables)
+            if weighted:
+                batch_stats = correction_stats(logits, y, self.val_tables.weight)
+                stats = batch_stats if stats is None else stats + batch_stats
         self.model.train()
         parts = LossParts.from_vector(all_reduce_sum(parts.as_vector(), self.ddp))
         values = metrics_from_parts(parts)
-        values["bpb"] = values["loss_unweighted"] / math.log(2) / self.val_tokens.bytes_per_token
+        bits = math.log(2) * self.val_tokens.bytes_per_token
+        values["bpb"] = values["loss_unweighted"] / bits
+        if stats is not None:  # fitted on this rank's blocks (all of them without DDP)
+            tau = fit_tau(stats)
+            corrected = stats.loss(tau)
+            self.correction = {"tau": tau, "step": self.step, "loss_raw": stats.loss(0.0), "loss_corrected": corrected}
+            values |= {"tau": tau, "loss_corrected": corrected, "bpb_corrected": corrected / bits}
         return {"event": "val", "split": "val", "step": self.step, **values}
 
     # -- the loop --------------------------------------------------------------------------------
@@ -331,6 +364,8 @@ class Trainer:
                 signal.signal(signum, handler)
             if self.metrics:
                 self.metrics.close()
+            if self.lock is not None:
+                self.lock.release()
         checkpoint = self.checkpoints.last_saved
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name

@@ -9,14 +9,11 @@ from rich.console import Console
 from rich.text import Text
 
 from tstool.analysis.compare import ROWS, Comparison, RunResult
-from tstool.analysis.experiment import ExperimentResult
 from tstool.ui.evaluation import sparkline
 from tstool.ui.reports import _add, _table
-from tstool.ui.training import TrainingView
 
 SPARK_WIDTH = 24
 BEST_STYLE = "bold green"
-ACTION_STATUS = {"train": "training", "resume": "resuming from its checkpoint", "reuse": "finished earlier, reused"}
 LOSS_CURVES = (("train_loss", "train", "train loss curve"), ("val_loss", "val", "val loss curve"))
 
 
@@ -54,7 +51,9 @@ def render_comparison(console: Console, comparison: Comparison) -> None:
         best = comparison.best(row)
         label = row.label + (" †" if row.per_token and not comparison.same_tokenizer else "")
         cells = [
-            Text(f"{row.format(v[row.key])} ★", style=BEST_STYLE) if r.label in best else row.format(v[row.key])
+            Text(f"{row.format(v[row.key])} ★", style=BEST_STYLE)
+            if r.label in best
+            else row.format(v[row.key], r.available(row))
             for r, v in zip(runs, values, strict=True)
         ]
         _add(table, label, *cells)
@@ -83,56 +82,3 @@ def render_comparison(console: Console, comparison: Comparison) -> None:
         )
     for note in comparison.notes:
         console.print(Text.assemble(("note: ", "yellow"), note))
-
-
-def render_experiment(console: Console, result: ExperimentResult) -> None:
-    render_comparison(console, result.comparison)
-    for label, found in result.findings.items():
-        console.print(Text(f"\n{label} against {result.comparison.runs[0].label}", style="bold"))
-        for finding in found:
-            console.print(Text.assemble((finding.question, "bold"), " ", finding.answer))
-            for sentence in finding.evidence:
-                console.print(Text(f"  {sentence}", style="dim"))
-    console.print(Text.assemble("\nReport ", (" · ".join(result.files.values()), "bold")))
-
-
-class ExperimentView:
-    """The experiment's `emit`: a TrainingView (live table) for each run it trains, status lines otherwise."""
-
-    def __init__(self, console: Console, err: Console, live: bool, quiet: bool = False):
-        self.console, self.err, self.live, self.quiet = console, err, live, quiet
-        self.training: TrainingView | None = None
-
-    def __enter__(self) -> ExperimentView:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self.training:
-            self.training.__exit__(None, None, None)
-            self.training = None
-
-    def _status(self, message: str | Text) -> None:
-        if not self.quiet:
-            self.err.print(message if isinstance(message, Text) else Text(message))
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "experiment_run":
-            action = event["action"]
-            self._status(
-                Text.assemble(
-                    (event["label"], "bold"),
-                    f" (article weight {event['weight']:g}, {event['out_dir']}): {ACTION_STATUS[action]}",
-                )
-            )
-            if action != "reuse":
-                self.training = TrainingView(self.console, self.err, live=self.live, quiet=self.quiet).__enter__()
-        elif kind == "experiment_run_done":
-            self._close()
-        elif kind == "compare":
-            self._status(compare_status(event))
-        elif self.training:
-            self.training(event)

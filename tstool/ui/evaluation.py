@@ -70,6 +70,7 @@ def render_eval(console: Console, report: EvalReport) -> None:
             f"{d['bytes_per_token']:.2f} bytes/token",
         )
     )
+    console.print(Text.assemble(("Correction: ", "bold"), report.correction.describe()))
     metrics = _table("Teacher-forced metrics", "metric", "value", "meaning")
     rows: list[tuple[str, str | Text, str]] = [
         ("loss", _num(m["loss_unweighted"]), "mean cross-entropy per token, nats"),
@@ -92,6 +93,7 @@ def render_eval(console: Console, report: EvalReport) -> None:
     for name, value, meaning in rows:
         metrics.add_row(name, value, meaning)
     console.print(metrics)
+    render_calibration(console, report.calibration)
 
     # Columns for the mid-sentence forms every default context calls for; "mass" covers every form.
     first = report.slots[0].articles if report.slots else ()
@@ -124,6 +126,34 @@ def render_eval(console: Console, report: EvalReport) -> None:
         )
     )
     console.print(Text.assemble((f"{shift.verdict}: ", VERDICT_STYLE[shift.verdict]), shift.message))
+
+
+def render_calibration(console: Console, calibration: dict[str, dict]) -> None:
+    """The reliability table of article probability, raw and (when applied) corrected, and its summary."""
+    kinds = list(calibration)
+    table = _table(
+        "Article calibration: positions binned by the model's total article probability",
+        "article probability",
+        "positions",
+        *(f"predicted ({kind})" for kind in kinds),
+        *(f"observed ({kind})" for kind in kinds),
+    )
+    for rows in zip(*(calibration[kind]["reliability"] for kind in kinds), strict=True):
+        low, high = rows[0]["bin"]
+        table.add_row(
+            f"{low:.1f}–{high:.1f}",
+            " / ".join(f"{row['positions']:,}" for row in rows),
+            *(_pct(row["predicted"]) for row in rows),
+            *(_pct(row["observed"]) for row in rows),
+        )
+    console.print(table)
+    for kind in kinds:
+        c = calibration[kind]
+        console.print(
+            f"{kind}: expected calibration error {_pct(c['ece'])} · mean article probability "
+            f"{_pct(c['mean_predicted_mass'])} against an observed article share of {_pct(c['observed_article_share'])}"
+            f" · average precision {_num(c['average_precision'])}"
+        )
 
 
 def render_plot_summary(console: Console, runs: Sequence[RunCurves], out: str) -> None:

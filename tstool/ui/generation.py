@@ -14,7 +14,7 @@ from tstool.ui.reports import _add, _table
 
 ARTICLE_STYLE = "bold cyan"
 ARTICLE_LESS_STYLE = "bold red underline"
-VERDICT_STYLE = {"ok": "bold green", "too little text": "yellow"}  # anything else is a problem
+VERDICT_STYLE = {"ok": "bold green", "too little text": "yellow", "not judged": "yellow"}  # others: a problem
 STOP_TEXT = {"eot": "ended at <|endoftext|>", "length": "hit --max-new-tokens"}
 # Control characters a weak model emits (bell, carriage return) would garble the terminal; they are
 # shown as their Unicode control pictures, one character each, so article offsets stay valid.
@@ -79,10 +79,16 @@ def render_score(console: Console, score: ArticleScore) -> None:
         Text.assemble(
             ("Articles per 100 words ", "bold"),
             f"{score.per_100_words:.2f} (95% {low:.1f}–{high:.1f}; {score.counts.total} in {score.counts.words} words "
-            f"of {len(score.samples)} samples) vs corpus {corpus.per_100_words:.2f} → ratio {score.ratio:.2f} · ",
+            f"of {len(score.samples)} samples) vs {corpus.per_100_words:.2f} in {corpus.label} "
+            f"→ ratio {score.ratio:.2f} · ",
             _verdict(score.rate_verdict),
         )
     )
+    if score.sampling_bias is not None:
+        console.print(
+            f"Not judged: {score.sampling_bias} moves probability towards likely tokens, which biases the rate; "
+            "judge at --temperature 1 with no top-k, top-p or repetition penalty."
+        )
     forms = _table("Articles by form and word", "form / word", "count", "per 100 words", "corpus per 100 words")
     for key, row in (*data["by_form"].items(), *data["by_word"].items()):
         _add(forms, key, str(row["count"]), f"{row['per_100_words']:.2f}", f"{row['corpus_per_100_words']:.2f}")
@@ -123,5 +129,5 @@ def render_score(console: Console, score: ArticleScore) -> None:
         patterns = ", ".join(f"{p!r} ×{n}" for p, n in score.article_less.most_common(10))
         console.print(Text.assemble(("Article-less patterns ", "bold"), patterns))
     console.print(
-        Text.assemble(("Verdict ", "bold"), _verdict(score.verdict), f" · corpus statistics from {corpus.source}")
+        Text.assemble(("Verdict ", "bold"), _verdict(score.verdict), f" · reference: {corpus.source}")
     )

@@ -7,27 +7,62 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from tstool.analysis.diagnosis import Diagnosis
-from tstool.data.stats import Progress as ProgressCallback
+from tstool.data.corpus import Progress as ProgressCallback
 
 STATUS_STYLE = {"ok": "green", "merged": "bold red", "split": "yellow"}
 
 
+class RateColumn(ProgressColumn):
+    """Items per second, and tokens per second where the work reports tokens."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        parts = [f"{task.speed:,.0f} {self.unit}/s"] if task.speed else []
+        tokens, elapsed = task.fields.get("tokens"), task.elapsed
+        if tokens and elapsed:
+            parts.append(f"{tokens / elapsed:,.0f} tokens/s")
+        return Text(" · ".join(parts), style="progress.data.speed")
+
+
 @contextmanager
-def progress_bar(err: Console, description: str, enabled: bool = True) -> Iterator[ProgressCallback]:
-    """A `progress(done, total)` callback drawing a bar on stderr; a no-op when disabled (--json) or when
-    stderr is not a terminal (logs and pipes get no bar residue)."""
+def progress_bar(
+    err: Console, description: str, enabled: bool = True, unit: str = "items"
+) -> Iterator[ProgressCallback]:
+    """A `progress(done, total, tokens=None)` callback drawing a bar on stderr, with rates (`unit` per
+    second, and tokens per second when reported) and the time left; a no-op when disabled (--json) or
+    when stderr is not a terminal (logs and pipes get no bar residue)."""
     if not (enabled and err.is_terminal):
-        yield lambda done, total: None
+        yield lambda done, total, tokens=None: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(description, total=None)
-        yield lambda done, total: progress.update(task, completed=done, total=total)
+        task = progress.add_task(description, total=None, tokens=None)
+        yield lambda done, total, tokens=None: progress.update(task, completed=done, total=total, tokens=tokens)
 
 
 def _tok(text: str) -> str:

@@ -43,6 +43,13 @@ def compare(
         raise InputError(f"unknown device '{device}': use --device {', '.join(DEVICES)}")
     out = Output(json_out)
     comparison = compare_runs(
-        runs, samples, max_new_tokens, seed, max_blocks, resolve_device(device), lambda e: out.status(compare_status(e))
+        runs,
+        samples,
+        max_new_tokens,
+        seed,
+        max_blocks,
+        resolve_device(device),
+        lambda e: out.status(compare_status(e)),
+        corpus_optional=True,  # a run trained on text without articles still compares, with n/a cells
     )
     out.emit(comparison_document(comparison), lambda console: render_comparison(console, comparison))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -14,6 +14,20 @@ from tstool.cli.output import Output
 from tstool.cli.setup import build_config
 
 
+def _sampling_line(sampling: dict[str, Any]) -> str | None:
+    """Articles per 100 words with its 95% interval, and whether --sample stopped the pass early."""
+    rate = sampling["articles_per_100_words"]
+    if rate is None:
+        return None
+    line = (
+        f"articles per 100 words {rate['value']:.3f} (95% interval {rate['low']:.3f}–{rate['high']:.3f}, "
+        f"{sampling['chunks']:,} chunks of {sampling['chunk_stories']:,} stories)"
+    )
+    if sampling["stopped_early"]:
+        line += f"; stopped early at ±{100 * sampling['precision']:g}%"
+    return line
+
+
 @handle_errors
 def dataset_stats(
     data: options.Data = None,
@@ -21,6 +35,18 @@ def dataset_stats(
     split: options.Split = "train",
     limit: options.Limit = None,
     tokenizer: options.Tokenizer = None,
+    sample: Annotated[
+        Optional[float],
+        typer.Option(
+            "--sample",
+            min=0.0001,
+            max=1.0,
+            help="Stop once the 95% interval of articles per 100 words is within ± this share of it (e.g. 0.01).",
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", min=1, help="Processes counting in parallel \\[default: all cores].")
+    ] = None,
     out_file: Annotated[
         Optional[Path], typer.Option("--out", help="Also write the JSON document to this file.")
     ] = None,
@@ -28,9 +54,9 @@ def dataset_stats(
     sets: options.Sets = None,
     json_out: options.Json = False,
 ) -> None:
-    """Article statistics of a corpus split. Example: tstool dataset-stats --limit 1000 --out stats.json"""
+    """Article statistics of a corpus split. Example: tstool dataset-stats --sample 0.01 --out stats.json"""
     from tstool.data.articles import resolve_articles
-    from tstool.data.corpus import load_named_split
+    from tstool.data.corpus import named_source
     from tstool.data.stats import check_out_path, write_json_atomic
     from tstool.data.stats import dataset_stats as compute
     from tstool.data.tokenizer import load_tokenizer
@@ -42,12 +68,14 @@ def dataset_stats(
     out = Output(json_out)
     tok = load_tokenizer(cfg.data.tokenizer)
     articles = resolve_articles(tok, cfg.articles)
-    corpus = load_named_split(cfg.data, split)
+    source = named_source(cfg.data, split)
     started = time.perf_counter()
-    with progress_bar(out.err, f"Counting {len(corpus.stories):,} stories", enabled=not json_out) as progress:
-        stats = compute(corpus, tok, articles, cfg.articles.words, progress=progress)
-    out.status(f"{len(corpus.stories):,} stories in {time.perf_counter() - started:.1f}s")
+    with progress_bar(out.err, f"Counting {source.name}", enabled=not json_out, unit="stories") as progress:
+        stats = compute(source, tok, articles, cfg.articles.words, progress=progress, workers=workers, precision=sample)
+    out.status(f"{stats.stories:,} stories in {time.perf_counter() - started:.1f}s")
     document = stats.to_dict()
+    if line := _sampling_line(document["sampling"]):
+        out.status(line)
     if out_file is not None:
         out.status(f"Wrote {write_json_atomic(document, out_file)}")
     out.emit(document, lambda console: render_stats(console, document))

@@ -9,6 +9,7 @@ import typer
 from tstool.cli import options
 from tstool.cli.funnel import handle_errors
 from tstool.cli.output import Output
+from tstool.cli.setup import correction_for_model, parse_correction_option
 from tstool.errors import CheckFailed, InputError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -31,6 +32,7 @@ def evaluate(
         typer.Option("--context", help="A slot-probe context (repeatable) (default: a built-in set)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    correction: options.Correction = "fitted",
     json_out: options.Json = False,
 ) -> None:
     """Loss, bpb, article precision/recall and probes of a checkpoint. Example: tstool eval --checkpoint runs/latest
@@ -49,7 +51,8 @@ def evaluate(
         raise InputError("--max-blocks and --all-blocks contradict each other: pass one of them")
     if device not in DEVICES:
         raise InputError(f"unknown device '{device}': use --device {', '.join(DEVICES)}")
-    check_split(split)  # before the slow model load
+    split = check_split(split)  # before the slow model load; `validation` becomes `val`
+    choice = parse_correction_option(correction)
     out = Output(json_out)
     loaded = load_model(checkpoint, resolve_device(device))
     data_cfg = loaded.config.data
@@ -59,7 +62,8 @@ def evaluate(
         data_cfg = data_cfg.model_copy(update={"files": files, "val_files": files, "dataset": dataset, "limit": None})
     if limit is not None:
         data_cfg = data_cfg.model_copy(update={"limit": limit})
-    out.status(f"Evaluating {loaded.path} on {loaded.device}")
+    applied = correction_for_model(loaded, choice)
+    out.status(f"Evaluating step {loaded.step} of {loaded.path} on {loaded.device}; correction: {applied.describe()}")
     with progress_bar(out.err, f"Scoring {split} blocks", enabled=not json_out) as progress:
         report = run_eval(
             loaded,
@@ -68,6 +72,7 @@ def evaluate(
             None if all_blocks else max_blocks or DEFAULT_MAX_BLOCKS,
             contexts or DEFAULT_CONTEXTS,
             progress,
+            applied,
         )
     out.emit(report.to_dict(), lambda console: render_eval(console, report))
     if not report.ok:

@@ -10,6 +10,7 @@ import typer
 from tstool.cli import options
 from tstool.cli.funnel import handle_errors
 from tstool.cli.output import Output
+from tstool.cli.setup import correction_for_model, parse_correction_option
 from tstool.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -62,14 +63,28 @@ def generate(
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    correction: options.Correction = "fitted",
     tokenizer: options.RunTokenizer = None,
     json_out: options.Json = False,
 ) -> None:
-    """Generate stories from a checkpoint. Example: tstool generate -c runs/latest -p "Once upon" --score-articles"""
+    """Generate stories from a checkpoint. Example: tstool generate -c runs/latest -p "Once upon" --score-articles
+
+    With --score-articles and no prompts, the prompts are openings of held-out validation stories and the
+    reference is how those stories go on. The rate gets a verdict only at temperature 1 with no top-k, top-p
+    or repetition penalty (e.g. --temperature 1).
+    """
     import secrets
 
+    from tstool.analysis.calibration import logit_bias
     from tstool.analysis.generate import DEFAULT_PROMPTS, generate_samples, read_prompts, sampling_settings
-    from tstool.analysis.scoring import CorpusReference, reference_for_run, score_samples
+    from tstool.analysis.scoring import (
+        MATCHED_PROMPTS,
+        CorpusReference,
+        held_out_openings,
+        matched_reference,
+        reference_for_run,
+        score_samples,
+    )
     from tstool.model.loading import load_model
     from tstool.training.runtime import resolve_device
     from tstool.ui.generation import render_samples
@@ -79,9 +94,14 @@ def generate(
         raise ConfigError(f"--device {device!r} is unknown: use one of {', '.join(DEVICES)}")
     out = Output(json_out)
     bars = not json_out and out.err.is_terminal
-    texts = [*(prompts or []), *(read_prompts(prompts_file) if prompts_file else [])] or list(DEFAULT_PROMPTS)
+    choice = parse_correction_option(correction)
+    given = [*(prompts or []), *(read_prompts(prompts_file) if prompts_file else [])]
     reference = CorpusReference.load(stats_file) if stats_file else None
+    scoring = score_articles or reference is not None
     loaded = load_model(checkpoint, resolve_device(device), tokenizer)
+    applied = correction_for_model(loaded, choice)
+    openings = held_out_openings(loaded, MATCHED_PROMPTS) if scoring and not given else []
+    texts = given or [o.prompt for o in openings] or list(DEFAULT_PROMPTS)
     settings = sampling_settings(
         loaded.config.generate,
         greedy=greedy,
@@ -95,28 +115,33 @@ def generate(
     if settings.temperature == 0 and settings.num_samples > 1:
         out.warn(f"greedy decoding makes all {settings.num_samples} samples of a prompt the same")
     seed = secrets.randbelow(2**31) if seed is None else seed
-    out.status(f"Step {loaded.meta.get('step')} of {loaded.path} on {loaded.device} · seed {seed}")
+    out.status(
+        f"Step {loaded.step} of {loaded.path} on {loaded.device} · seed {seed} · correction: {applied.describe()}"
+    )
     with progress_bar(out.err, f"Generating from {len(texts)} prompts", enabled=bars) as progress:
-        samples = generate_samples(loaded, texts, settings, seed, progress)
+        samples = generate_samples(loaded, texts, settings, seed, progress, logit_bias(loaded, applied))
     warnings = list(dict.fromkeys(w for s in samples for w in s.warnings))
     for warning in warnings:
         out.warn(warning)
 
     score = None
-    if score_articles or reference is not None:
+    if scoring:
         if reference is None:
             description = "Corpus statistics of the training data (once; cached after)"
             with progress_bar(out.err, description, enabled=bars) as progress:
                 reference, computed = reference_for_run(loaded, progress)
             if computed:
                 out.status(f"Cached corpus statistics in {reference.source}")
-        score = score_samples(samples, reference)
+        if openings:
+            reference = matched_reference(reference, openings)
+        score = score_samples(samples, reference, settings)
 
     result = {
         "checkpoint": str(loaded.path),
-        "step": loaded.meta.get("step"),
+        "step": loaded.step,  # the step read: a run still training may have moved on since
         "device": str(loaded.device),
         "seed": seed,
+        "correction": applied.to_dict(),
         "settings": settings.model_dump() | {"greedy": settings.temperature == 0},
         "warnings": warnings,
         "samples": [
