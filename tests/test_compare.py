@@ -72,7 +72,21 @@ def test_compare_two_runs_on_the_same_blocks_and_seed(
     assert rows["tokens_trained"]["best"] == []  # a budget, not a result
 
     # each run's generations are exactly what `tstool generate` gives with the same seed
-    alone = cli_json("generate", "-c", weighted, "--seed", 0, "-n", 1, "--max-new-tokens", 16)
+    alone = cli_json(
+        "generate",
+        "-c",
+        weighted,
+        "--seed",
+        0,
+        "-n",
+        1,
+        "--max-new-tokens",
+        16,
+        "--temperature",
+        1,
+        "--correction",
+        "none",
+    )
     assert [s["continuation"] for s in alone["samples"]] == [s["continuation"] for s in runs[1]["samples"]]
 
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tstool.runs import checkpoint as ckpt
-from tstool.data.articles import resolve_articles
-from tstool.config import ArticleConfig, Config, DataConfig, ModelConfig, resolve
 from tstool.analysis.evaluate import score_logits
-from tstool.runs.metrics_log import read_metrics
-from tstool.model.llama import TinyLlama
-from tstool.data.packing import load_tokens
 from tstool.analysis.probes import DEFAULT_CONTEXTS, SHIFT_MARGIN, ranks_of, slot_probe
+from tstool.config import ArticleConfig, Config, DataConfig, ModelConfig, resolve
+from tstool.data.articles import resolve_articles
+from tstool.data.packing import load_tokens
 from tstool.data.tokenizer import load_tokenizer
+from tstool.model.llama import TinyLlama
+from tstool.runs import checkpoint as ckpt
+from tstool.runs.metrics_log import read_metrics
 
 ARTICLES = [2, 5]
 VOCAB = 8
@@ -216,3 +216,28 @@ def test_bad_input_exits_2(
 ) -> None:
     args = [str(eval_runs("base")) if a == "RUN" else a for a in args]
     user_error(cli("eval", *args), fragment)
+
+
+def test_a_weighted_run_keeps_its_fitted_tau_and_eval_reports_calibration_raw_and_corrected(
+    eval_runs: Callable[[str], Path], cli_json: Callable
+) -> None:
+    weighted = eval_runs("weighted")  # article weight 3
+    val = [r for r in read_metrics(weighted / "metrics.jsonl") if r.get("split") == "val"]
+    assert val and all({"tau", "loss_corrected", "bpb_corrected"} <= set(record) for record in val)
+    assert val[-1]["loss_corrected"] <= val[-1]["loss_unweighted"] + 1e-6  # tau = 0 is among the candidates
+    kept = ckpt.read_meta(ckpt.resolve_checkpoint(weighted))["article_correction"]
+    assert kept["tau"] == val[-1]["tau"] and kept["step"] == val[-1]["step"]
+
+    fitted = cli_json("eval", "-c", weighted, "--max-blocks", 8)
+    assert fitted["correction"]["source"] == "fitted" and fitted["correction"]["tau"] == kept["tau"]
+    given = cli_json("eval", "-c", weighted, "--max-blocks", 8, "--correction", 2)
+    raw = cli_json("eval", "-c", weighted, "--max-blocks", 8, "--correction", "none")
+    assert set(given["calibration"]) == {"raw", "corrected"} and set(raw["calibration"]) == {"raw"}
+    assert given["calibration"]["raw"] == raw["calibration"]["raw"]
+    lowered = given["calibration"]["corrected"]["mean_predicted_mass"]
+    assert lowered < raw["calibration"]["raw"]["mean_predicted_mass"]  # articles' probability went down
+    assert given["metrics"]["bpb"] != raw["metrics"]["bpb"]
+    table = raw["calibration"]["raw"]
+    assert sum(row["positions"] for row in table["reliability"]) == raw["metrics"]["tokens"]
+    assert 0 <= table["ece"] <= 1 and len(table["pr_curve"]) == 101
+    assert table["observed_article_share"] == pytest.approx(raw["metrics"]["article_tokens"] / raw["metrics"]["tokens"])

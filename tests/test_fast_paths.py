@@ -19,10 +19,10 @@ IGNORE = -100
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def tables(device: torch.device | str = "cpu") -> LossTables:
+def tables(device: torch.device | str = "cpu", logit_adjusted: bool = False) -> LossTables:
     weights, mask = torch.ones(VOCAB), torch.zeros(VOCAB, dtype=torch.bool)
     weights[ARTICLES], mask[ARTICLES] = 5.0, True
-    return LossTables.build(weights, mask).to(torch.device(device))
+    return LossTables.build(weights, mask, logit_adjusted).to(torch.device(device))
 
 
 def hidden_and_head(seed: int = 0, rows: int = 48, width: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,13 +69,15 @@ def test_off_cuda_the_graph_loss_is_the_reference() -> None:
     assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True))
 
 
-def captured_eagerly(dtype: torch.dtype, rows: int = 48, width: int = 16) -> graph_loss._Captured:
+def captured_eagerly(
+    dtype: torch.dtype, rows: int = 48, width: int = 16, logit_adjusted: bool = False
+) -> graph_loss._Captured:
     """What a CUDA graph replays, recomputed eagerly on the CPU: static buffers, the head's products in
     `dtype`, float32 gradients for float32 leaves."""
     hidden = torch.zeros(rows, width, dtype=dtype)
     weight = torch.zeros(VOCAB, width, dtype=dtype)
     targets = torch.zeros(rows, dtype=torch.long)
-    inputs = (hidden, weight, targets, tables(), IGNORE, (torch.float32, torch.float32))
+    inputs = (hidden, weight, targets, tables(logit_adjusted=logit_adjusted), IGNORE, (torch.float32, torch.float32))
     outputs = graph_loss._head_sums_and_gradients(*inputs)
 
     def replay() -> None:
@@ -97,14 +99,19 @@ def replayed(
     return compute
 
 
+@pytest.mark.parametrize("logit_adjusted", [False, True], ids=["weighted", "logit-adjusted"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_replayed_computation_gives_the_reference_numbers_and_gradients(dtype: torch.dtype) -> None:
+def test_the_replayed_computation_gives_the_reference_numbers_and_gradients(
+    dtype: torch.dtype, logit_adjusted: bool
+) -> None:
     hidden, head, targets = hidden_and_head()
-    captured = captured_eagerly(dtype)
+    captured = captured_eagerly(dtype, logit_adjusted=logit_adjusted)
     ours = loss_and_gradients(replayed(captured, targets), hidden, head)
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
         reference = loss_and_gradients(
-            lambda h, w: weighted_cross_entropy(F.linear(h, w), targets, tables()), hidden, head
+            lambda h, w: weighted_cross_entropy(F.linear(h, w), targets, tables(logit_adjusted=logit_adjusted)),
+            hidden,
+            head,
         )
     assert captured.replays == 1 and not ours[1].requires_grad
     assert all(grad.dtype == torch.float32 for grad in ours[2:])

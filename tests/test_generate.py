@@ -187,18 +187,23 @@ def test_prompts_file_skips_blank_lines_and_keeps_spaces(tmp_path: Path) -> None
 
 
 def test_cli_generate_json_with_article_scores(cli_json, tiny_run: Path) -> None:
-    out = cli_json("generate", "-c", tiny_run, "-n", 2, "--max-new-tokens", 12, "--seed", 3, "--score-articles")
+    """Without prompts, scoring prompts with held-out validation openings, judged against those stories."""
+    from tstool.analysis.scoring import MATCHED_PROMPTS
+
+    args = ("generate", "-c", tiny_run, "-n", 2, "--max-new-tokens", 12, "--seed", 3, "--score-articles")
+    out = cli_json(*args, "--temperature", 1)
     assert out["seed"] == 3 and out["settings"]["num_samples"] == 2
-    assert len(out["samples"]) == 2 * len(DEFAULT_PROMPTS)
+    assert len(out["samples"]) == 2 * MATCHED_PROMPTS  # openings of different stories may read alike
+    assert not {s["prompt"] for s in out["samples"]} & set(DEFAULT_PROMPTS)
     for sample in out["samples"]:
-        assert sample["prompt"] in DEFAULT_PROMPTS and isinstance(sample["continuation"], str)
         articles = sample["articles"]
         assert {"count", "per_100_words", "by_form", "words"} <= set(articles)
         assert sum(articles["by_form"].values()) == articles["count"]
     score = out["score"]
     assert score["samples"] == len(out["samples"])
     assert score["count"] == sum(s["articles"]["count"] for s in out["samples"])
-    assert score["corpus"]["per_100_words"] > 0
+    assert score["corpus"]["matched"] and score["corpus"]["per_100_words"] > 0
+    assert score["sampling"] == "ancestral" and score["rate_verdict"] != "not judged"
     assert {"divergence", "expected_if_matching_corpus", "worst", "verdict"} <= set(score["contexts"])
     assert score["verdict"] in {
         "ok",
@@ -207,8 +212,49 @@ def test_cli_generate_json_with_article_scores(cli_json, tiny_run: Path) -> None
         "misplacing articles",
         "too little text",
     }
-    again = cli_json("generate", "-c", tiny_run, "-n", 2, "--max-new-tokens", 12, "--seed", 3, "--score-articles")
+    again = cli_json(*args, "--temperature", 1)
     assert again["samples"] == out["samples"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [(["--temperature", 0.8], "temperature 0.8"), (["--top-k", 20], "top-k 20"), (["--top-p", 0.9], "top-p 0.9")],
+)
+def test_a_rate_sampled_other_than_ancestrally_is_reported_not_judged(
+    cli_json, tiny_run: Path, settings: list, named: str
+) -> None:
+    out = cli_json(
+        "generate",
+        "-c",
+        tiny_run,
+        "--max-new-tokens",
+        8,
+        "--seed",
+        1,
+        "--score-articles",
+        "--temperature",
+        1,
+        *settings,
+    )
+    assert out["score"]["rate_verdict"] == "not judged" and named in out["score"]["sampling"]
+    assert out["score"]["per_100_words"] >= 0  # the rate is still reported
+
+
+def test_with_the_users_prompts_the_reference_is_the_whole_corpus_labelled_unmatched(cli_json, tiny_run: Path) -> None:
+    out = cli_json("generate", "-c", tiny_run, "-p", "Once upon a time", "--max-new-tokens", 8, "--score-articles")
+    assert not out["score"]["corpus"]["matched"] and "unmatched" in out["score"]["corpus"]["label"]
+
+
+def test_a_weighted_model_is_sampled_with_its_correction(cli_json, cli, eval_runs, user_error) -> None:
+    """The bias lowers the article logits before sampling: with a huge tau articles all but vanish."""
+    weighted = eval_runs("weighted")
+    args = ("generate", "-c", weighted, "--max-new-tokens", 40, "--seed", 2, "-n", 4, "--temperature", 1)
+    corrected = cli_json(*args, "--correction", 50, "--score-articles")
+    assert corrected["correction"]["tau"] == 50 and corrected["score"]["count"] == 0
+    fitted = cli_json(*args, "--correction", "fitted")
+    assert fitted["correction"]["source"] == "fitted"
+    user_error(cli("generate", "-c", weighted, "--correction", "-1"), "--correction")
+    user_error(cli("generate", "-c", eval_runs("base"), "--correction", "1"), "weight-1")
 
 
 def test_cli_scores_against_a_stats_file(cli, cli_json, tiny_run: Path) -> None:

@@ -224,3 +224,15 @@ def test_the_head_loss_forms_the_logits_and_runs_the_reference() -> None:
     parts = loss.HeadLoss(tables(5.0))(model(idx, head=False), model.lm_head.weight, targets)
     reference = weighted_cross_entropy(model(idx), targets, tables(5.0))
     assert torch.equal(parts.weighted_sum, reference.weighted_sum) and torch.equal(parts.totals, reference.totals)
+
+
+def test_the_logit_adjusted_loss_is_the_weighted_loss_of_logits_plus_log_w() -> None:
+    logits, targets = batch()
+    weights = weight_table(5.0)
+    mask = torch.zeros(VOCAB, dtype=torch.bool)
+    mask[ARTICLES] = True
+    adjusted = weighted_cross_entropy(logits, targets, LossTables.build(weights, mask, logit_adjusted=True))
+    by_hand = weighted_cross_entropy(logits + weights.log(), targets, tables(5.0))
+    torch.testing.assert_close(adjusted.weighted_sum, by_hand.weighted_sum)
+    torch.testing.assert_close(adjusted.totals, by_hand.totals)
+    assert adjusted.weighted_sum < weighted_cross_entropy(logits, targets, tables(5.0)).weighted_sum

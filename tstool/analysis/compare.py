@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from tstool.analysis.calibration import Correction, correction_for, logit_bias
 from tstool.analysis.evaluate import DEFAULT_MAX_BLOCKS, EvalReport, evaluate
 from tstool.analysis.generate import DEFAULT_PROMPTS, Sample, generate_samples, sampling_settings
 from tstool.analysis.plot import Record, RunCurves, _unique_labels, load_curves
@@ -69,6 +70,7 @@ class Row:
 
 ROWS: tuple[Row, ...] = (
     Row("article_weight", "article weight", "g"),
+    Row("correction", "post-hoc correction", "s"),
     Row("loss_unweighted", "val loss, unweighted (nats/token)", ".3f", "min", per_token=True),
     Row("ppl", "val perplexity", ".2f", "min", per_token=True),
     Row("bpb", "val bits per byte", ".3f", "min"),
@@ -119,6 +121,7 @@ class RunResult:
     generated: ArticleCounts  # articles in the generations, counted without the corpus
     score: ArticleScore | None  # None: no corpus statistics, see corpus_error
     curves: RunCurves
+    correction: Correction
     corpus_error: str | None = None  # why the run has no corpus statistics
 
     def available(self, row: Row) -> bool:
@@ -143,6 +146,7 @@ class RunResult:
         m, last_train, score = self.report.metrics, (self.curves.train or [{}])[-1], self.score
         return {
             "article_weight": self.article_weight,
+            "correction": self.correction.describe(),
             **{key: m[key] for key in EVAL_ROWS},
             "gen_per_100_words": self.generated.per_100_words(),
             "corpus_per_100_words": score.reference.per_100_words if score else None,
@@ -316,15 +320,18 @@ def measure_run(
     device: str | torch.device,
     emit: Emit,
     corpus_optional: bool = False,
+    correction: str | float = "fitted",
 ) -> RunResult:
-    """Evaluate one run on `data`'s validation split, generate with `settings` and `seed`, score."""
+    """Evaluate one run on `data`'s validation split, generate with `settings` and `seed`, score; a
+    weighted run with `correction` (see `correction_for`), a weight-1 run never corrected."""
     label = source.curves.label
     emit({"event": "compare", "label": label, "stage": "load"})
     loaded = load_model(source.path, device)
+    applied = correction_for(loaded, "none" if loaded.config.train.article_weight == 1.0 else correction)
     emit({"event": "compare", "label": label, "stage": "eval", "max_blocks": max_blocks})
-    report = evaluate(loaded, data, "val", max_blocks)
+    report = evaluate(loaded, data, "val", max_blocks, correction=applied)
     emit({"event": "compare", "label": label, "stage": "generate", "samples": settings.num_samples})
-    generated = generate_samples(loaded, DEFAULT_PROMPTS, settings, seed)
+    generated = generate_samples(loaded, DEFAULT_PROMPTS, settings, seed, logit_bias=logit_bias(loaded, applied))
     emit({"event": "compare", "label": label, "stage": "score"})
     reference, corpus_error = corpus_reference(loaded, corpus_optional)
     return RunResult(
@@ -335,8 +342,9 @@ def measure_run(
         report=report,
         samples=generated,
         generated=generated_counts(generated, loaded.config.articles.words),
-        score=None if reference is None else score_samples(generated, reference),
+        score=None if reference is None else score_samples(generated, reference, settings),
         curves=source.curves,
+        correction=applied,
         corpus_error=corpus_error,
     )
 
@@ -350,19 +358,30 @@ def compare_runs(
     device: str | torch.device = "cpu",
     emit: Emit = lambda event: None,
     corpus_optional: bool = False,
+    correction: str | float = "fitted",
 ) -> Comparison:
     """Measure every run folder in `paths` the same way (see the module docstring).
 
-    Sampling settings are the first run's `generate` section with `samples` per prompt (default
-    DEFAULT_SAMPLES) and `max_new_tokens`, used unchanged for every run. `emit` receives
+    Sampling is ancestral (temperature 1, no top-k, top-p or repetition penalty: the only setting whose
+    article rate can be judged) with `samples` per prompt (default DEFAULT_SAMPLES) and `max_new_tokens`
+    (default the first run's), the same for every run. Weighted runs get `correction`. `emit` receives
     {"event": "compare", "label", "stage"} as each run reaches load, eval, generate and score.
     With `corpus_optional`, a run whose corpus statistics cannot be computed (its training text has no
     articles, or is gone) is compared without them instead of raising InputError: its `score` is None.
     """
     sources = check_runs(paths)
     first = sources[0].config
-    settings = sampling_settings(first.generate, num_samples=samples or DEFAULT_SAMPLES, max_new_tokens=max_new_tokens)
-    results = [measure_run(s, first.data, settings, seed, max_blocks, device, emit, corpus_optional) for s in sources]
+    settings = sampling_settings(
+        first.generate,
+        temperature=1.0,
+        repetition_penalty=1.0,
+        num_samples=samples or DEFAULT_SAMPLES,
+        max_new_tokens=max_new_tokens,
+    ).model_copy(update={"top_k": None, "top_p": None})
+    results = [
+        measure_run(s, first.data, settings, seed, max_blocks, device, emit, corpus_optional, correction)
+        for s in sources
+    ]
     bookkeeping = set(DATA_BOOKKEEPING)
     data_differs = any(
         s.config.data.model_dump(exclude=bookkeeping) != first.data.model_dump(exclude=bookkeeping) for s in sources

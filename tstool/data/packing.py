@@ -1,9 +1,9 @@
 """Tokenise a split once, streaming, into a flat memmap of token IDs, and find it again in a moment.
 
-Stories arrive in batches (`StorySource.read`), are encoded on every core (`tokenizers` encodes a batch
-on Rust threads) and appended to one file, so memory stays flat however large the corpus. One file
-written in pieces, not separate shard files: `BlockSampler` indexes one flat array, and a memmap of one
-file is that array, with nothing to join for blocks that straddle pieces.
+Stories arrive in batches (`StorySource.read`), are encoded (`StoryEncoder`: a cache of pre-token IDs, or
+`tokenizers`' batch encoding on all cores) and appended to one file, so memory stays flat however large
+the corpus. One file written in pieces, not separate shard files: `BlockSampler` indexes one flat array,
+and a memmap of one file is that array, with nothing to join for blocks that straddle pieces.
 
 The cache key hashes the layout version, the tokenizer's sha256, the split's name and its fingerprint
 (file sizes, modification times and sampled chunks, or a dataset's own fingerprint; the limit and held-out
@@ -64,10 +64,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise TokenizerError(f"vocab size {vocab_size} does not fit the uint32 token cache: use a vocab below 2**32")
 
 
-# GPT-2's pre-tokenizer regex as `tokenizers` runs it (ByteLevel, use_regex), written for ASCII text, where
-# \s, \p{L} and \p{N} are exactly these classes.
+# GPT-2's pre-tokenizer regex as `tokenizers` runs it (ByteLevel, use_regex), written for text of ASCII and
+# PUNCTUATION alone, where \s, \p{L} and \p{N} are exactly these classes.
 _SPACE = r"\t\n\x0b\x0c\r "
-ASCII_PRETOKENS = re.compile(
+# Non-ASCII punctuation common in English stories: general category P, never a letter, number or space, so
+# the last class below holds them as GPT-2's [^\s\p{L}\p{N}] does.
+PUNCTUATION = "“”‘’–—…«»¡¿"
+_OTHER_CHARACTER = re.compile(f"[^\\x00-\\x7f{PUNCTUATION}]")
+PRETOKENS = re.compile(
     rf"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^{_SPACE}A-Za-z0-9]+|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]+"
 )
 PRETOKEN_CACHE_SIZE = 1 << 18  # pre-tokens remembered (TinyStories has far fewer); past it the cache starts over
@@ -75,7 +79,7 @@ PRETOKEN_CACHE_SIZE = 1 << 18  # pre-tokens remembered (TinyStories has far fewe
 
 def plain_byte_level(tokenizer: TextTokenizer) -> bool:
     """No normalizer, GPT-2's byte-level pre-tokenizer alone and a deterministic model: the pipeline that
-    `ASCII_PRETOKENS` and a cache of pre-token IDs reproduce."""
+    `PRETOKENS` and a cache of pre-token IDs reproduce."""
     config = json.loads(tokenizer.backend.to_str())
     pre = config.get("pre_tokenizer") or {}
     return (
@@ -87,17 +91,17 @@ def plain_byte_level(tokenizer: TextTokenizer) -> bool:
     )
 
 
-class _PretokenIds(dict[str, list[int]]):
-    """Token IDs of pre-tokens, from the tokenizer the first time each is seen."""
+class _PretokenIds(dict[str, bytes]):
+    """Token IDs of pre-tokens, as bytes of the cache's dtype, from the tokenizer the first time each is seen."""
 
-    def __init__(self, tokenizer: TextTokenizer):
+    def __init__(self, tokenizer: TextTokenizer, dtype: np.dtype):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenizer, self.dtype = tokenizer, dtype
 
-    def __missing__(self, pretoken: str) -> list[int]:
+    def __missing__(self, pretoken: str) -> bytes:
         if len(self) >= PRETOKEN_CACHE_SIZE:
             self.clear()
-        ids = self[pretoken] = self.tokenizer.encode(pretoken)
+        ids = self[pretoken] = np.asarray(self.tokenizer.encode(pretoken), dtype=self.dtype).tobytes()
         return ids
 
 
@@ -105,33 +109,36 @@ class StoryEncoder:
     """Stories to one flat array of token IDs, each story followed by <|endoftext|>.
 
     Byte-level BPE encodes each pre-token (a match of GPT-2's regex) on its own, so a story's IDs are its
-    pre-tokens' IDs in order. For a plain byte-level tokenizer (`plain_byte_level`), ASCII stories that
-    hold no added token are split here and their pre-tokens' IDs looked up in a cache: about five times
-    the tokens per second of one core of `tokenizers` (bench.data_scale), so one core outruns its batch
-    encoding on two. Other stories, and other tokenizers, go through that batch encoding, on all cores.
+    pre-tokens' IDs in order. For a plain byte-level tokenizer (`plain_byte_level`), stories of ASCII and
+    PUNCTUATION holding no added token (in TinyStories all but a few) are split here, and their pre-tokens'
+    IDs looked up in a cache and joined as bytes: about five times the tokens per second of one core of
+    `tokenizers` (bench.data_scale), so one core outruns its batch encoding on two. Other stories, and other
+    tokenizers, go through that batch encoding, on all cores.
     """
 
     def __init__(self, tokenizer: TextTokenizer, dtype: np.dtype):
         self.tokenizer, self.dtype = tokenizer, dtype
-        self.eot = [tokenizer.eot_id]
-        self.pretoken_ids = _PretokenIds(tokenizer) if plain_byte_level(tokenizer) else None
+        self.eot = np.asarray([tokenizer.eot_id], dtype=dtype).tobytes()
+        self.pretoken_ids = _PretokenIds(tokenizer, dtype) if plain_byte_level(tokenizer) else None
         self.added = [token["content"] for token in json.loads(tokenizer.backend.to_str()).get("added_tokens", [])]
 
     def _cached(self, story: str) -> bool:
-        return self.pretoken_ids is not None and story.isascii() and not any(a in story for a in self.added)
+        simple = story.isascii() or not _OTHER_CHARACTER.search(story)
+        return self.pretoken_ids is not None and simple and not any(a in story for a in self.added)
 
-    def _pieces(self, story: str) -> Iterator[list[int]]:
+    def _pieces(self, story: str) -> Iterator[bytes]:
         """IDs of the story's pre-tokens, then <|endoftext|>."""
         assert self.pretoken_ids is not None
-        return chain(map(self.pretoken_ids.__getitem__, ASCII_PRETOKENS.findall(story)), (self.eot,))
+        return chain(map(self.pretoken_ids.__getitem__, PRETOKENS.findall(story)), (self.eot,))
 
     def __call__(self, stories: list[str]) -> np.ndarray:
         cached = [self._cached(story) for story in stories]
         others = iter(self.tokenizer.encode_batch([s for s, c in zip(stories, cached, strict=True) if not c]))
         pieces = (
-            self._pieces(story) if c else (next(others), self.eot) for story, c in zip(stories, cached, strict=True)
+            self._pieces(story) if c else (np.asarray(next(others), dtype=self.dtype).tobytes(), self.eot)
+            for story, c in zip(stories, cached, strict=True)
         )
-        return np.fromiter(chain.from_iterable(chain.from_iterable(pieces)), dtype=self.dtype)
+        return np.frombuffer(b"".join(chain.from_iterable(pieces)), dtype=self.dtype)
 
 
 def tokenize_stories(stories: list[str], tokenizer: TextTokenizer, progress: Progress | None = None) -> np.ndarray:

@@ -537,7 +537,7 @@ def _count_in_worker(stories: list[str]) -> _ChunkCount:
     return _worker_counter(stories)
 
 
-def _chunks(corpus: Stories, size: int = CHUNK_SIZE) -> Iterator[tuple[list[str], float]]:
+def _chunks(corpus: Stories, size: int) -> Iterator[tuple[list[str], float]]:
     """The corpus re-cut into chunks of `size` stories (the last may be shorter), each with the fraction of
     the pass done once it is read."""
     pending: list[str] = []
@@ -686,7 +686,7 @@ def dataset_stats(
     chunks: list[ChunkRates] = []
     stories = tokens = 0
     stopped_early = False
-    for count, fraction in _counted(_chunks(corpus), counter, workers or available_cores()):
+    for count, fraction in _counted(_chunks(corpus, CHUNK_SIZE), counter, workers or available_cores()):
         tally.merge(count.words)
         token_counts.merge(count.tokens)
         chunks.append(count.rates)

@@ -81,7 +81,8 @@ def val_row(r: dict[str, Any], article_weight: float) -> list[Any]:
         _num(r.get("other_loss")),
     )
     row[7], row[8] = ratio_text(r.get("ratio"), article_weight), _num(r.get("article_acc"), 3)
-    row[9] = Text(f"bpb {_num(r.get('bpb'))}", style="magenta")
+    corrected = f" · corrected {_num(r['bpb_corrected'])} (tau {r['tau']:.2f})" if "tau" in r else ""
+    row[9] = Text(f"bpb {_num(r.get('bpb'))}{corrected}", style="magenta")
     return row
 
 
@@ -91,6 +92,7 @@ def plain_line(r: dict[str, Any], article_weight: float) -> str:
             f"val step {r['step']}: loss {_num(r.get('loss_unweighted'))} ppl {_num(r.get('ppl'), 1)} "
             f"bpb {_num(r.get('bpb'))} article {_num(r.get('article_loss'))} other {_num(r.get('other_loss'))} "
             f"article_acc {_num(r.get('article_acc'))}"
+            + (f" · corrected bpb {_num(r['bpb_corrected'])} at tau {r['tau']:.3f}" if "tau" in r else "")
         )
     return (
         f"step {r['step']}/{r['max_steps']} epoch {_num(r.get('epoch'), 2)} loss {_num(r.get('loss'))} "

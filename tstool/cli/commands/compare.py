@@ -11,6 +11,7 @@ from tstool.cli import options
 from tstool.cli.commands.evaluate import DEVICES
 from tstool.cli.funnel import handle_errors
 from tstool.cli.output import Output
+from tstool.cli.setup import parse_correction_option
 from tstool.errors import InputError
 
 
@@ -29,11 +30,14 @@ def compare(
         int, typer.Option("--max-blocks", min=1, help="Validation blocks of max_seq_len tokens, shared by every run.")
     ] = 256,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    correction: options.Correction = "fitted",
     json_out: options.Json = False,
 ) -> None:
     """Compare runs side by side: loss, bpb, article metrics, generated article rate, slot probes, curves.
 
     Example: tstool compare runs/tiny-w1 runs/tiny-w5
+
+    Generations are ancestral (temperature 1). Weighted runs get --correction; weight-1 runs never.
     """
     from tstool.analysis.compare import compare_runs
     from tstool.training.runtime import resolve_device
@@ -41,6 +45,7 @@ def compare(
 
     if device not in DEVICES:
         raise InputError(f"unknown device '{device}': use --device {', '.join(DEVICES)}")
+    choice = parse_correction_option(correction)
     out = Output(json_out)
     comparison = compare_runs(
         runs,
@@ -51,5 +56,6 @@ def compare(
         resolve_device(device),
         lambda e: out.status(compare_status(e)),
         corpus_optional=True,  # a run trained on text without articles still compares, with n/a cells
+        correction=choice,
     )
     out.emit(comparison_document(comparison), lambda console: render_comparison(console, comparison))

@@ -20,6 +20,15 @@ def train(
     article_weight: Annotated[
         Optional[float], typer.Option("--article-weight", help="Loss weight of article targets (1 = plain CE).")
     ] = None,
+    logit_adjusted: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--logit-adjusted/--no-logit-adjusted",
+            help="Add log(article weight) to the article logits inside the loss: articles keep the weight's "
+            "gradient, but the model stays calibrated. Example: --article-weight 5 --logit-adjusted",
+            show_default=False,
+        ),
+    ] = None,
     data: options.Data = None,
     val_data: Annotated[Optional[list[Path]], typer.Option("--val-data", help="Validation files for --data.")] = None,
     dataset: options.Dataset = None,
@@ -77,6 +86,7 @@ def train(
         limit,
         tokenizer,
         train__article_weight=article_weight,
+        train__logit_adjusted=logit_adjusted,
         train__max_steps=max_steps,
         train__device=device,
         train__dtype=dtype,
