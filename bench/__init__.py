@@ -245,10 +245,12 @@ def on_logits(loss: LossFn) -> ScalarHeadLoss:
     return lambda hidden, weight, targets: loss(F.linear(hidden, weight), targets)
 
 
-def loss_tables(tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT) -> LossTables:
-    """The weight and article tables of tstool's loss at article weight `weight`, as `tstool train` builds them."""
+def loss_tables(
+    tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT, logit_adjusted: bool = False
+) -> LossTables:
+    """The tables of tstool's loss at article weight `weight`, as `tstool train` builds them."""
     articles = resolve_articles(tok, ArticleConfig(), require_single=True)
-    return LossTables.build(articles.weight_table(weight), articles.mask_table()).to(device)
+    return LossTables.build(articles.weight_table(weight), articles.mask_table(), logit_adjusted).to(device)
 
 
 def weighted_mean(loss: HeadLoss) -> ScalarHeadLoss:
@@ -329,9 +331,10 @@ def preset_step(
     fast_paths: bool = True,
     optimizer: Optimizer | None = None,
 ) -> Callable[[], None]:
-    """A training step of preset `cfg` as `tstool train` runs it: its article weight, dtype, gradient
-    clipping and optimizer (default: the one it builds)."""
-    loss = tstool_loss(model, tok, cfg.train.article_weight, fast_paths=fast_paths)
+    """A training step of preset `cfg` as `tstool train` runs it: its loss (article weight, logit
+    adjustment), dtype, gradient clipping and optimizer (default: the one it builds)."""
+    tables = loss_tables(tok, x.device, cfg.train.article_weight, cfg.train.logit_adjusted)
+    loss = on_hidden(model, weighted_mean(head_loss(tables, x.device, fast_paths)))
     return train_step(model, loss, x, y, cfg.train.dtype, cfg.train, optimizer)
 
 

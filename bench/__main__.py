@@ -18,6 +18,7 @@ BENCHMARKS = (
     "muon",
     "freed_memory",
     "data",
+    "data_scale",
     "generate_vs_hf",
     "memory",
 )

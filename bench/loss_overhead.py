@@ -87,16 +87,16 @@ def losses(device: torch.device) -> dict[str, ScalarHeadLoss]:
     return found
 
 
-def measure(device: torch.device, console: Console, rounds: int, batch_size: int) -> Spread:
+def measure(device: torch.device, console: Console, rounds: int, batch_size: int, preset: str) -> Spread:
     """Time the losses in whole steps on one device, print their table, return tstool's default over plain."""
-    cfg = model_config(PRESET)
+    cfg = model_config(preset)
     vocab_size = tokenizer().vocab_size
     model = tstool_model(cfg, vocab_size, device)
     x, y = batch(vocab_size, batch_size, cfg.max_seq_len, device)
     timed = losses(device)
     steps = {name: train_step(model, on_hidden(model, loss), x, y, DTYPE) for name, loss in timed.items()}
     seconds = interleaved(steps, rounds)
-    title = f"loss_overhead: {PRESET} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}, {rounds} rounds"
+    title = f"loss_overhead: {preset} preset {DTYPE}, {x.numel():,} tokens/step, {device.type}, {rounds} rounds"
     report = table(title, "loss", "ms/step (median)", "vs plain: median (quartiles)", "ATen calls (head+loss)")
     with torch.no_grad():
         hidden = model(x, head=False)
@@ -107,9 +107,11 @@ def measure(device: torch.device, console: Console, rounds: int, batch_size: int
     return seconds.ratio(DEFAULT, PLAIN)
 
 
-def run(console: Console, rounds: dict[str, int] = ROUNDS, batch_size: dict[str, int] = BATCH) -> Result:
+def run(
+    console: Console, rounds: dict[str, int] = ROUNDS, batch_size: dict[str, int] = BATCH, preset: str = PRESET
+) -> Result:
     spread = max(
-        (measure(device, console, rounds[device.type], batch_size[device.type]) for device in devices()),
+        (measure(device, console, rounds[device.type], batch_size[device.type], preset) for device in devices()),
         key=lambda found: found.median,
     )
     threads_note(console)

@@ -127,7 +127,7 @@ def test_naive_loss_is_the_article_weighted_mean() -> None:
 
 
 def test_loss_overhead_runs_end_to_end(console: Console) -> None:
-    result = loss_overhead.run(console, rounds={"cpu": 1, "cuda": 1}, batch_size={"cpu": 1, "cuda": 1})
+    result = loss_overhead.run(console, rounds={"cpu": 1, "cuda": 1}, batch_size={"cpu": 2, "cuda": 2}, preset="debug")
     assert result.value is not None and result.quartiles is not None
     assert result.target == loss_overhead.TARGET and result.ok == (result.value <= result.target)
     assert loss_overhead.DEFAULT in console.export_text()
@@ -192,7 +192,7 @@ def test_decoding_without_the_cache_gives_the_cached_tokens() -> None:
     model = tstool_model(resolve("debug").model, tok.vocab_size, CPU).eval()
     prompt = tok.encode("Once upon a time")
     cached = generate_vs_hf.decoders(model, torch.nn.Identity(), prompt, tok.eot_id)[generate_vs_hf.CACHED]()
-    assert generate_vs_hf.decode_without_cache(model, prompt, generate_vs_hf.NEW_TOKENS, tok.eot_id)[:10] == cached[:10]
+    assert generate_vs_hf.decode_without_cache(model, prompt, 10, tok.eot_id) == cached[:10]
 
 
 def test_memory_measures_two_steps_of_a_preset() -> None:

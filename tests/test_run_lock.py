@@ -113,7 +113,7 @@ def test_a_second_lock_is_refused_naming_the_holder_and_release_leaves_the_folde
 
 def test_a_killed_holder_leaves_no_stale_lock() -> None:
     code = "import sys, time; from pathlib import Path; from tstool.runs.lock import RunLock\n"
-    code += "RunLock.acquire(Path('run')); print('locked', flush=True); time.sleep(120)"
+    code += "lock = RunLock.acquire(Path('run')); print('locked', flush=True); time.sleep(120)"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"

@@ -1,17 +1,22 @@
-"""Corpus article statistics: word-level counting on text with known answers, token level, the CLI."""
+"""Corpus article statistics: word-level counting on text with known answers, token level, the CLI; the
+parallel pass over chunks, its intervals and stopping at a precision."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
 
-from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
-from tstool.data.corpus import Corpus
-from tstool.data.stats import count_article_tokens, count_articles, dataset_stats, find_articles
+from tstool.data import stats
+from tstool.data.articles import resolve_articles
+from tstool.data.corpus import Corpus, read_bundled
+from tstool.data.packing import PUNCTUATION
+from tstool.data.stats import count_article_tokens, count_articles, dataset_stats, find_articles, ratio_interval
 from tstool.data.tokenizer import EOT, load_tokenizer
 
 # Every article in TEXT, in order: (word, form, sentence-initial). banana, Anna, theater, another and
@@ -192,3 +197,85 @@ def test_cli_tables_render(cli) -> None:
     result = cli("dataset-stats", "--limit", 5)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip()
+
+
+# ---- chunks, workers, intervals ---------------------------------------------------------------------------
+
+
+def test_ratio_interval_by_hand() -> None:
+    interval = ratio_interval([1, 3, 2], [10, 20, 10])
+    assert interval is not None
+    # rate 6/40; residuals -0.5, 0, 0.5: variance 3/2 * 0.5 / 40^2
+    half = 100 * 1.959963984540054 * math.sqrt(1.5 * 0.5) / 40
+    assert (interval.value, interval.low, interval.high) == pytest.approx((15.0, 15.0 - half, 15.0 + half))
+    assert ratio_interval([1], [10]) is None, "one chunk gives no interval"
+
+
+def _articles():
+    tok = load_tokenizer()
+    return tok, resolve_articles(tok, ArticleConfig())
+
+
+def test_workers_and_chunks_leave_the_statistics_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    tok, articles = _articles()
+    corpus = Corpus("val", read_bundled("val")[:200])
+    whole = dataset_stats(corpus, tok, articles, workers=1).to_dict()
+    monkeypatch.setattr(stats, "CHUNK_SIZE", 40)
+    one = dataset_stats(corpus, tok, articles, workers=1).to_dict()
+    two = dataset_stats(corpus, tok, articles, workers=2).to_dict()  # five chunks on two processes
+    assert one == two
+    assert one["sampling"]["chunks"] == 5 and whole["sampling"]["chunks"] == 1
+    for doc in (one, whole):
+        del doc["sampling"], doc["definitions"]
+    assert one == whole
+
+
+def test_sample_stops_once_the_rate_is_precise_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stats, "CHUNK_SIZE", 20)
+    monkeypatch.setattr(stats, "MIN_SAMPLE_CHUNKS", 5)
+    tok, articles = _articles()
+    corpus = Corpus("val", read_bundled("val"))  # 30 chunks
+    calls: list[tuple[int, int, int | None]] = []
+    sampled = dataset_stats(
+        corpus, tok, articles, workers=1, precision=0.1, progress=lambda *c, **k: calls.append((*c, k["tokens"]))
+    )
+    full = dataset_stats(corpus, tok, articles, workers=1)
+    assert sampled.sampling.stopped_early and 100 <= sampled.stories < 600
+    assert (full.sampling.stopped_early, full.stories) == (False, 600)
+    interval = sampled.sampling.to_dict()["articles_per_100_words"]
+    assert interval["value"] == pytest.approx(sampled.word_counts.per_100_words())
+    assert interval["high"] - interval["value"] <= 0.1 * interval["value"]
+    assert interval["low"] <= full.word_counts.per_100_words() <= interval["high"]
+    assert calls[-1] == (sampled.stories, sampled.stories, sampled.tokens)
+    assert all(done < total for done, total, _ in calls[:-1])
+
+
+def test_cli_sample_and_workers(cli_json) -> None:
+    doc = cli_json("dataset-stats", "--limit", 40, "--sample", 0.05, "--workers", 1)
+    assert doc["stories"] == 40
+    assert doc["sampling"] == {
+        "chunk_stories": 1000,
+        "chunks": 1,
+        "precision": 0.05,
+        "stopped_early": False,
+        "articles_per_100_words": None,
+        "by_word_per_100_words": {},
+    }
+
+
+@pytest.mark.parametrize("gpt2", [False, True])
+def test_token_counts_from_pretokens_match_the_tokenizers_offsets(gpt2_dir: Path, gpt2: bool) -> None:
+    tok = load_tokenizer(gpt2_dir if gpt2 else None)
+    articles = resolve_articles(tok, ArticleConfig())
+    rng = random.Random(3)
+    pieces = list("aAtT09 '\t\n.,!\"") + ["the", "The", " a", "an", "An", "'s", "'t", "theater", "banana"]
+    pieces += [*PUNCTUATION, "é", "\u00a0", EOT]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(2000)]
+    texts += read_bundled("val")
+    counter = stats._Counter(tok, frozenset(articles.ids), ("a", "an", "the"))
+    assert counter.hits is not None, "the shipped and GPT-2 tokenizers take the pre-token path"
+    fast, reference = counter.tokens(texts), stats.TokenCounts()
+    stats._tally_tokens(tok, texts, frozenset(articles.ids), reference)
+    assert sorted(fast.lengths) == sorted(reference.lengths)
+    assert (fast.by_id, fast.inside_word) == (reference.by_id, reference.inside_word)
+    assert sum(fast.inside_word.values()) > 0

@@ -211,7 +211,7 @@ def evaluate(
     assert sums is not None  # require_blocks guarantees at least one block
     return EvalReport(
         checkpoint=str(loaded.path),
-        step=int(loaded.meta["step"]),
+        step=loaded.step,
         article_weight=loaded.config.train.article_weight,
         data={
             "source": _source(data),

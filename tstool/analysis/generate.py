@@ -18,8 +18,7 @@ from pydantic import ValidationError
 
 from tstool.config import GenerateConfig
 from tstool.errors import ConfigError, InputError
-from tstool.model.llama import TinyLlama
-from tstool.model.loading import LoadedModel
+from tstool.model.loading import LanguageModel, LoadedModel, model_device
 
 # Typical TinyStories openings.
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -114,7 +113,7 @@ class Decoded:
 
 
 def decode(
-    model: TinyLlama,
+    model: LanguageModel,
     context: Sequence[int],
     settings: GenerateConfig,
     generator: torch.Generator,
@@ -133,7 +132,7 @@ def decode(
     max_len = model.cfg.max_seq_len
     if not 0 < len(context) <= max_len:
         raise InputError(f"a context of {len(context)} tokens does not fit max_seq_len={max_len}: crop it first")
-    device = model.embed_tokens.weight.device
+    device = model_device(model)
     keep = max(1, int(max_len * SLIDE_KEEP))
     start = len(context)
     tokens = torch.empty(batch, start + settings.max_new_tokens, dtype=torch.long, device=device)

@@ -19,7 +19,7 @@ import torch
 
 from tstool.data.articles import ArticleSet
 from tstool.data.tokenizer import TextTokenizer
-from tstool.model.llama import TinyLlama
+from tstool.model.loading import LanguageModel, model_device
 
 DEFAULT_CONTEXTS: tuple[str, ...] = (
     "Once upon a time there was",
@@ -58,9 +58,9 @@ class SlotProbe:
         return asdict(self)
 
 
-def next_token_probs(model: TinyLlama, ids: Sequence[int]) -> torch.Tensor:
+def next_token_probs(model: LanguageModel, ids: Sequence[int]) -> torch.Tensor:
     """Probabilities (V,) of the token after `ids`, on the model's device, in float32."""
-    device = model.lm_head.weight.device
+    device = model_device(model)
     ids = list(ids)[-model.cfg.max_seq_len :]
     with torch.no_grad():
         logits = model(torch.tensor([ids], dtype=torch.long, device=device))[0, -1]
@@ -73,7 +73,7 @@ def ranks_of(probs: torch.Tensor, token_ids: Sequence[int]) -> list[int]:
     return ((probs[None, :] > chosen[:, None]).sum(dim=-1) + 1).tolist()
 
 
-def slot_probe(model: TinyLlama, tokenizer: TextTokenizer, articles: ArticleSet, context: str) -> SlotProbe:
+def slot_probe(model: LanguageModel, tokenizer: TextTokenizer, articles: ArticleSet, context: str) -> SlotProbe:
     """Article probabilities after `context`, which follows <|endoftext|> as every story does in training."""
     probs = next_token_probs(model, [tokenizer.eot_id, *tokenizer.encode(context)])
     forms = [f for f in articles.forms if f.single_token]
@@ -93,7 +93,7 @@ def slot_probe(model: TinyLlama, tokenizer: TextTokenizer, articles: ArticleSet,
 
 
 def slot_probes(
-    model: TinyLlama, tokenizer: TextTokenizer, articles: ArticleSet, contexts: Sequence[str] = DEFAULT_CONTEXTS
+    model: LanguageModel, tokenizer: TextTokenizer, articles: ArticleSet, contexts: Sequence[str] = DEFAULT_CONTEXTS
 ) -> list[SlotProbe]:
     return [slot_probe(model, tokenizer, articles, c) for c in contexts]
 

@@ -27,6 +27,8 @@ ALL_FORMS: tuple[ArticleForm, ...] = tuple(FORM_TEXT)
 # Measured on the bundled sample with the shipped tokenizer: 477 of 479 bare 'a' tokens and all 141
 # bare 'an' tokens sit inside longer words, so weighting them would weight word pieces, not articles.
 DEFAULT_FORMS: tuple[ArticleForm, ...] = ("lower_space", "cap_space", "cap_bare")
+# A word for a spaced form to follow, so that the form is encoded as it occurs mid-sentence.
+ANCHOR = "x"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,22 @@ class ArticleSet:
         return table
 
 
+def form_ids(tokenizer: TextTokenizer, text: str) -> tuple[int, ...]:
+    """The tokens `text` takes where it occurs: a bare form at the start of a text, a spaced form after a word.
+
+    SentencePiece tokenizers mark a word's start with "▁" and may add one of their own at the start of a
+    text, so " a" alone can encode as "▁" + "▁a" although mid-sentence it is "▁a": a spaced form is
+    encoded after ANCHOR and ANCHOR's tokens cut off. Byte-level BPE gives the same either way.
+    """
+    if not text.startswith(" "):
+        return tuple(tokenizer.encode(text))
+    anchor = tokenizer.encode(ANCHOR)
+    ids = tokenizer.encode(ANCHOR + text)
+    if ids[: len(anchor)] != anchor:  # the form merged into the anchor: no clean cut, so encode it alone
+        return tuple(tokenizer.encode(text))
+    return tuple(ids[len(anchor) :])
+
+
 def resolve_articles(tokenizer: TextTokenizer, cfg: ArticleConfig, require_single: bool = False) -> ArticleSet:
     """Encode every configured form of every article word with `tokenizer`.
 
@@ -93,7 +111,7 @@ def resolve_articles(tokenizer: TextTokenizer, cfg: ArticleConfig, require_singl
     for word in cfg.words:
         for form in cfg.forms or DEFAULT_FORMS:
             text = FORM_TEXT[form](word)
-            forms.append(ResolvedForm(word=word.lower(), form=form, text=text, ids=tuple(tokenizer.encode(text))))
+            forms.append(ResolvedForm(word=word.lower(), form=form, text=text, ids=form_ids(tokenizer, text)))
     resolved = ArticleSet(forms=tuple(forms), vocab_size=tokenizer.vocab_size, tokenizer_sha256=tokenizer.sha256)
     if require_single and cfg.forms is not None and resolved.multi_token and not cfg.allow_multi_token:
         bad = resolved.multi_token[0]

@@ -57,10 +57,8 @@ class StoryBatch(NamedTuple):
 
 
 def expected_stories(read: int, fraction: float) -> int:
-    """How many stories a pass will have read in all, from the `read` so far at `fraction` of it: exact at
-    the end, and more than `read` before it."""
-    if fraction >= 1.0:
-        return read
+    """How many stories a pass will read in all, estimated from the `read` so far at `fraction` of it: more
+    than `read`, since only the pass's last report, after its last batch, is exact."""
     return max(read + 1, round(read / fraction)) if fraction > 0 else read + 1
 
 
@@ -143,7 +141,8 @@ def sampled_sha256(path: Path) -> str:
 
 
 def file_fingerprint(path: Path) -> str:
-    """Size, modification time and sampled content: any rewrite changes one of them, and no story is read."""
+    """Size, modification time and sampled content, read in a moment: a rewrite goes unseen only if it keeps
+    the size, the modification time and every sampled block."""
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}:{sampled_sha256(path)}"
 

@@ -64,13 +64,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise TokenizerError(f"vocab size {vocab_size} does not fit the uint32 token cache: use a vocab below 2**32")
 
 
-# GPT-2's pre-tokenizer regex as `tokenizers` runs it (ByteLevel, use_regex), written for text of ASCII and
-# PUNCTUATION alone, where \s, \p{L} and \p{N} are exactly these classes.
-_SPACE = r"\t\n\x0b\x0c\r "
-# Non-ASCII punctuation common in English stories: general category P, never a letter, number or space, so
-# the last class below holds them as GPT-2's [^\s\p{L}\p{N}] does.
+# Non-ASCII punctuation common in English stories: general category P, never a letter, number or space.
 PUNCTUATION = "“”‘’–—…«»¡¿"
 _OTHER_CHARACTER = re.compile(f"[^\\x00-\\x7f{PUNCTUATION}]")
+# GPT-2's pre-tokenizer regex as `tokenizers` runs it (ByteLevel, use_regex), for text of ASCII and
+# PUNCTUATION alone: there \s, \p{L} and \p{N} are exactly these classes.
+_SPACE = r"\t\n\x0b\x0c\r "
 PRETOKENS = re.compile(
     rf"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^{_SPACE}A-Za-z0-9]+|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]+"
 )
@@ -89,6 +88,16 @@ def plain_byte_level(tokenizer: TextTokenizer) -> bool:
         and not pre.get("add_prefix_space", False)
         and not (config.get("model") or {}).get("dropout")
     )
+
+
+def added_tokens(tokenizer: TextTokenizer) -> list[str]:
+    return [token.content for token in tokenizer.backend.get_added_tokens_decoder().values()]
+
+
+def splits_alone(story: str, added: list[str]) -> bool:
+    """`PRETOKENS` splits the story as the tokenizer does: it holds only ASCII and PUNCTUATION, and no added
+    token (which the tokenizer would take whole before splitting)."""
+    return (story.isascii() or not _OTHER_CHARACTER.search(story)) and not any(a in story for a in added)
 
 
 class _PretokenIds(dict[str, bytes]):
@@ -120,11 +129,10 @@ class StoryEncoder:
         self.tokenizer, self.dtype = tokenizer, dtype
         self.eot = np.asarray([tokenizer.eot_id], dtype=dtype).tobytes()
         self.pretoken_ids = _PretokenIds(tokenizer, dtype) if plain_byte_level(tokenizer) else None
-        self.added = [token["content"] for token in json.loads(tokenizer.backend.to_str()).get("added_tokens", [])]
+        self.added = added_tokens(tokenizer)
 
     def _cached(self, story: str) -> bool:
-        simple = story.isascii() or not _OTHER_CHARACTER.search(story)
-        return self.pretoken_ids is not None and simple and not any(a in story for a in self.added)
+        return self.pretoken_ids is not None and splits_alone(story, self.added)
 
     def _pieces(self, story: str) -> Iterator[bytes]:
         """IDs of the story's pre-tokens, then <|endoftext|>."""

@@ -41,6 +41,7 @@ import numpy as np
 from tstool.config import ArticleConfig
 from tstool.data.articles import ArticleSet, ResolvedForm
 from tstool.data.corpus import Progress, Stories, expected_stories
+from tstool.data.packing import PRETOKEN_CACHE_SIZE, PRETOKENS, added_tokens, plain_byte_level, splits_alone
 from tstool.data.tokenizer import TextTokenizer
 from tstool.errors import InputError
 
@@ -234,6 +235,37 @@ def _tally_tokens(tokenizer: TextTokenizer, stories: list[str], ids: frozenset[i
             into.by_id[token_ids[i]] += 1
             if _inside_word(story, *offsets[i]):
                 into.inside_word[token_ids[i]] += 1
+
+
+class _PretokenHits(dict[str, tuple[int, tuple[tuple[int, int, int], ...]]]):
+    """Per pre-token: how many tokens it takes, and where article tokens sit in it, as (ID, start, end)."""
+
+    def __init__(self, tokenizer: TextTokenizer, ids: frozenset[int]):
+        super().__init__()
+        self.tokenizer, self.ids = tokenizer, ids
+
+    def __missing__(self, pretoken: str) -> tuple[int, tuple[tuple[int, int, int], ...]]:
+        if len(self) >= PRETOKEN_CACHE_SIZE:
+            self.clear()
+        encoding = self.tokenizer.backend.encode(pretoken, add_special_tokens=False)
+        hits = tuple((t, *encoding.offsets[i]) for i, t in enumerate(encoding.ids) if t in self.ids)
+        found = self[pretoken] = (len(encoding.ids), hits)
+        return found
+
+
+def _tally_pretokens(hits: _PretokenHits, story: str, into: TokenCounts) -> None:
+    """`_tally_tokens` of one story that `PRETOKENS` splits as the tokenizer does (see `StoryEncoder`):
+    its pre-tokens' counts come from the cache, at their place in the story."""
+    length = start = 0
+    for pretoken in PRETOKENS.findall(story):
+        count, found = hits[pretoken]
+        length += count
+        for token, begin, end in found:
+            into.by_id[token] += 1
+            if _inside_word(story, start + begin, start + end):
+                into.inside_word[token] += 1
+        start += len(pretoken)
+    into.lengths.append(length)
 
 
 def _chunked(stories: list[str], progress: Progress | None, size: int = CHUNK_SIZE) -> Iterator[list[str]]:
@@ -507,20 +539,32 @@ class _ChunkCount:
         return ChunkRates(self.words.counts.words, self.words.counts.by_word())
 
 
-@dataclass(frozen=True)
 class _Counter:
-    """Counts one chunk of stories. Picklable (a tokenizer pickles as its JSON), so worker processes run it."""
+    """Counts one chunk of stories. Picklable (a tokenizer pickles as its JSON), so worker processes run it.
 
-    tokenizer: TextTokenizer
-    ids: frozenset[int]
-    words: tuple[str, ...]
+    Token counts come from a cache of pre-tokens where `PRETOKENS` splits a story as the tokenizer does
+    (as `StoryEncoder` encodes), else from the tokenizer's batch encoding with offsets."""
+
+    def __init__(self, tokenizer: TextTokenizer, ids: frozenset[int], words: tuple[str, ...]):
+        self.tokenizer, self.ids, self.words = tokenizer, ids, words
+        self.hits = _PretokenHits(tokenizer, ids) if plain_byte_level(tokenizer) else None
+        self.added = added_tokens(tokenizer)
+
+    def tokens(self, stories: list[str]) -> TokenCounts:
+        counts, others = TokenCounts(), []
+        for story in stories:
+            if self.hits is not None and splits_alone(story, self.added):
+                _tally_pretokens(self.hits, story, counts)
+            else:
+                others.append(story)
+        _tally_tokens(self.tokenizer, others, self.ids, counts)
+        return counts
 
     def __call__(self, stories: list[str]) -> _ChunkCount:
-        tally, tokens = _WordTally(words=self.words), TokenCounts()
-        _tally_tokens(self.tokenizer, stories, self.ids, tokens)
+        tally = _WordTally(words=self.words)
         for story in stories:
             tally.add(story)
-        return _ChunkCount(len(stories), tally, tokens)
+        return _ChunkCount(len(stories), tally, self.tokens(stories))
 
 
 _worker_counter: _Counter | None = None  # a worker process's counter, set once when the worker starts

@@ -54,7 +54,7 @@ class TextTokenizer:
 
     def token(self, token_id: int) -> str:
         """The text one token decodes to (byte-level symbols turned back into text)."""
-        return self.backend.decode([token_id], skip_special_tokens=False)
+        return self.decode([token_id])
 
     def save(self, directory: Path) -> Path:
         """Write tokenizer.json through a temporary file, so a crash never leaves a truncated one."""
@@ -65,7 +65,8 @@ class TextTokenizer:
         return path
 
 
-def _finish(backend: Tokenizer, source: str) -> TextTokenizer:
+def prepare_backend(backend: Tokenizer, source: str) -> Tokenizer:
+    """`backend` set to encode whole texts (no truncation or padding), once checked that its IDs fit its size."""
     backend.no_truncation()
     backend.no_padding()
     # IDs index the model's embedding (vocab_size rows) and the token cache, whose dtype is chosen from
@@ -77,7 +78,11 @@ def _finish(backend: Tokenizer, source: str) -> TextTokenizer:
             f"tokenizer {source} has token ID {top} but a vocab size of {size}, too large for its embedding and "
             f"token cache: renumber its tokens 0..{size - 1} or retrain it with `tstool tokenizer train`"
         )
-    return TextTokenizer(backend=backend, source=source)
+    return backend
+
+
+def _finish(backend: Tokenizer, source: str) -> TextTokenizer:
+    return TextTokenizer(backend=prepare_backend(backend, source), source=source)
 
 
 def _load_json(path: Path) -> TextTokenizer:

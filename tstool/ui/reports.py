@@ -7,16 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -26,18 +17,29 @@ from tstool.data.corpus import Progress as ProgressCallback
 STATUS_STYLE = {"ok": "green", "merged": "bold red", "split": "yellow"}
 
 
-class RateColumn(ProgressColumn):
-    """Items per second, and tokens per second where the work reports tokens."""
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class ThroughputColumn(ProgressColumn):
+    """Items and tokens (where the work reports them) per second, and the time left, from the averages since
+    the start: steady from the first update on, where a work's steps are few and long."""
 
     def __init__(self, unit: str):
         super().__init__()
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        parts = [f"{task.speed:,.0f} {self.unit}/s"] if task.speed else []
-        tokens, elapsed = task.fields.get("tokens"), task.elapsed
-        if tokens and elapsed:
+        elapsed, done, tokens = task.elapsed, task.completed, task.fields.get("tokens")
+        if not elapsed or not done:
+            return Text("")
+        parts = [f"{done / elapsed:,.0f} {self.unit}/s"]
+        if tokens:
             parts.append(f"{tokens / elapsed:,.0f} tokens/s")
+        if task.total:
+            parts.append(f"eta {_clock(max(0.0, task.total - done) * elapsed / done)}")
         return Text(" · ".join(parts), style="progress.data.speed")
 
 
@@ -55,10 +57,8 @@ def progress_bar(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        RateColumn(unit),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        ThroughputColumn(unit),
     )
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(description, total=None, tokens=None)
