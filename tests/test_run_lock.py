@@ -127,14 +127,29 @@ def test_a_killed_holder_leaves_no_stale_lock() -> None:
         assert json.loads((RUN / LOCK_FILE).read_text())["pid"] == os.getpid()
 
 
-def test_train_and_experiment_refuse_a_held_run_folder_and_write_nothing(cli, user_error) -> None:
+def test_train_refuses_a_held_run_folder_and_writes_nothing(cli, user_error) -> None:
     with RunLock.acquire(RUN):
         for mode in ([], ["--resume", "auto"], ["--overwrite"]):
             user_error(cli("train", *DEBUG, "--out-dir", RUN, *mode, "--json"), f"process {os.getpid()}")
         assert [p.name for p in RUN.iterdir()] == [LOCK_FILE]
-    with RunLock.acquire(Path("exp/w1")):  # `tstool experiment` trains through the same `train()`
-        user_error(cli("experiment", *DEBUG, "--out-dir", "exp", "--max-steps", 2, "--json"), "exp/w1 is being written")
-        assert [p.name for p in Path("exp/w1").iterdir()] == [LOCK_FILE]
+
+
+def test_experiment_trains_its_runs_under_the_same_lock(cli, user_error, monkeypatch) -> None:
+    """`tstool experiment` trains through `train()`: a run folder another writer took first is refused."""
+    real, taken = RunLock.acquire.__func__, []
+
+    def taken_first(cls: type[RunLock], run_path: Path) -> RunLock:
+        taken.append(real(cls, run_path))  # another writer got there a moment earlier
+        return real(cls, run_path)
+
+    monkeypatch.setattr(RunLock, "acquire", classmethod(taken_first))
+    try:
+        user_error(cli("experiment", *DEBUG, "--out-dir", "exp", "--max-steps", 2, "--json"), "is being written by")
+        [other] = taken
+        assert other.path.parent.parent == Path("exp") and [p.name for p in other.path.parent.iterdir()] == [LOCK_FILE]
+    finally:
+        for lock in taken:
+            lock.release()
 
 
 # ---- writers in separate processes ------------------------------------------------------------------

@@ -134,7 +134,7 @@ def run_action(run_dir: Path, cfg: Config) -> RunAction:
             )
     if not run.has_checkpoint():
         return "train"
-    step = int(ckpt.read_meta(ckpt.resolve_checkpoint(run_dir))["step"])
+    step = int(ckpt.read_checkpoint_meta(run_dir)["step"])
     return "reuse" if step >= cfg.train.max_steps else "resume"
 
 
