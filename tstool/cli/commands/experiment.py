@@ -21,7 +21,9 @@ def experiment(
     weights: Annotated[
         str, typer.Option("--weights", help="Comma-separated article weights, the baseline 1 first. Example: 1,3,5")
     ] = "1,5",
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per arm (3 is a pilot; 5-10 is firmer).")] = 3,
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=1, help="Seeds per arm (3 is a pilot; 5-10 is firmer). Example: --seeds 5")
+    ] = 3,
     arms: Annotated[
         str,
         typer.Option(
@@ -38,7 +40,10 @@ def experiment(
         typer.Option("--max-steps", min=1, help="The budget: optimizer steps of every run \\[default: the preset's]."),
     ] = None,
     prompts: Annotated[
-        int, typer.Option("--prompts", min=1, help="Held-out story openings to generate from, per arm and seed.")
+        int,
+        typer.Option(
+            "--prompts", min=1, help="Held-out story openings to generate from, per arm and seed. Example: --prompts 48"
+        ),
     ] = 64,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens per continuation.")] = 150,
     max_blocks: Annotated[
