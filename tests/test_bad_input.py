@@ -20,12 +20,12 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tstool.runs import checkpoint as ckpt
 from tstool.config import DataConfig
 from tstool.data.corpus import read_bundled
-from tstool.errors import CheckpointError, TokenizerError
 from tstool.data.packing import load_tokens, token_dtype
 from tstool.data.tokenizer import EOT, load_tokenizer
+from tstool.errors import CheckpointError, TokenizerError
+from tstool.runs import checkpoint as ckpt
 
 TRAIN = ["train", "--config", "debug"]
 

@@ -86,6 +86,7 @@ def trained(source) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow
 def test_a_weighted_model_inflates_the_weighted_tokens_odds_by_w(source, trained) -> None:
     empirical = source[2]
     plain, weighted = trained["plain"], trained["weighted"]
@@ -93,6 +94,7 @@ def test_a_weighted_model_inflates_the_weighted_tokens_odds_by_w(source, trained
     assert odds_inflation(weighted, empirical) == pytest.approx(WEIGHT, rel=0.02)
 
 
+@pytest.mark.slow
 def test_the_fitted_correction_undoes_the_inflation(source, trained) -> None:
     empirical, weighted = source[2], trained["weighted"]
     weights, _ = weights_and_mask()
@@ -106,6 +108,7 @@ def test_the_fitted_correction_undoes_the_inflation(source, trained) -> None:
     assert odds_inflation(wrong_sign, empirical) > 20
 
 
+@pytest.mark.slow
 def test_the_logit_adjusted_loss_keeps_the_model_calibrated(source, trained) -> None:
     contexts, targets, empirical = source
     weights, _ = weights_and_mask()
@@ -114,6 +117,7 @@ def test_the_logit_adjusted_loss_keeps_the_model_calibrated(source, trained) -> 
     assert fit_tau(correction_stats(adjusted[contexts], targets, weights)) == pytest.approx(0.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_the_fitted_tau_minimises_the_unweighted_loss_on_a_grid(source, trained) -> None:
     contexts, targets, _ = source
     weights, _ = weights_and_mask()
@@ -127,6 +131,7 @@ def test_the_fitted_tau_minimises_the_unweighted_loss_on_a_grid(source, trained)
     assert stats.loss(tau) == pytest.approx(direct, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_reliability_of_a_calibrated_model_is_close_and_of_a_weighted_one_is_not(source, trained) -> None:
     contexts, targets, _ = source
     _, mask = weights_and_mask()

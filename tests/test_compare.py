@@ -31,6 +31,7 @@ def test_training_time_adds_up_the_invocations_of_a_resumed_run() -> None:
     assert training_time([]) is None
 
 
+@pytest.mark.slow
 def test_compare_two_runs_on_the_same_blocks_and_seed(
     eval_runs: Callable[[str], Path], cli_json: Callable, one_thread: None
 ) -> None:
@@ -133,6 +134,7 @@ def no_article_run(tmp_path: Path, one_thread: None) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_compare_a_run_without_corpus_articles_shows_na(
     no_article_run: Path, eval_runs: Callable[[str], Path], cli_json: Callable, cli: Callable
 ) -> None:

@@ -228,6 +228,7 @@ def _random_texts(alphabet: list[str], count: int, seed: int) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(count)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpt2", [False, True])
 def test_story_encoder_matches_tokenizers(gpt2_dir: Path, gpt2: bool) -> None:
     tokenizer = load_tokenizer(gpt2_dir if gpt2 else None)

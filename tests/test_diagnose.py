@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from tstool.data.articles import resolve_articles
 from tstool.config import ArticleConfig
+from tstool.data.articles import resolve_articles
 from tstool.data.tokenizer import EOT, TextTokenizer, load_tokenizer, train_tokenizer
 
 

@@ -194,6 +194,7 @@ def test_eval_reproduces_the_trainers_validation_numbers(eval_runs: Callable[[st
         assert m[key] == pytest.approx(last_val[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_eval_on_other_text_and_custom_contexts(eval_runs: Callable[[str], Path], cli_json: Callable) -> None:
     text = Path("stories.txt")
     text.write_text("<|endoftext|>".join(f"Tom saw a dog. The dog ran to the park {i}." * 30 for i in range(20)))
@@ -218,6 +219,7 @@ def test_bad_input_exits_2(
     user_error(cli("eval", *args), fragment)
 
 
+@pytest.mark.slow
 def test_a_weighted_run_keeps_its_fitted_tau_and_eval_reports_calibration_raw_and_corrected(
     eval_runs: Callable[[str], Path], cli_json: Callable
 ) -> None:

@@ -71,6 +71,7 @@ def test_runs_of_a_seed_share_it_and_adjusted_twins_only_for_weights_other_than_
     assert [r.label for r in plan_runs(cfg, [1.0, 5.0], [7], ["adjusted"])] == ["w1-s7", "w5-adjusted-s7"]
 
 
+@pytest.mark.slow
 def test_run_action_resumes_reuses_or_refuses(one_thread: None) -> None:
     cfg = run_config(resolve("debug", {"train.max_steps": 4}), 5.0, False, 1)
     run = Path("w5")

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tstool.config import GenerateConfig
-from tstool.errors import ConfigError
 from tstool.analysis.generate import (
     DEFAULT_PROMPTS,
     apply_repetition_penalty,
@@ -23,6 +21,8 @@ from tstool.analysis.generate import (
     read_prompts,
     sampling_settings,
 )
+from tstool.config import GenerateConfig
+from tstool.errors import ConfigError
 from tstool.model.loading import LoadedModel, load_model
 
 PROMPT = "Once upon a time there was"
@@ -186,6 +186,7 @@ def test_prompts_file_skips_blank_lines_and_keeps_spaces(tmp_path: Path) -> None
 # ---- CLI ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_generate_json_with_article_scores(cli_json, tiny_run: Path) -> None:
     """Without prompts, scoring prompts with held-out validation openings, judged against those stories."""
     from tstool.analysis.scoring import MATCHED_PROMPTS
@@ -216,6 +217,7 @@ def test_cli_generate_json_with_article_scores(cli_json, tiny_run: Path) -> None
     assert again["samples"] == out["samples"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("settings", "named"),
     [(["--temperature", 0.8], "temperature 0.8"), (["--top-k", 20], "top-k 20"), (["--top-p", 0.9], "top-p 0.9")],
@@ -245,6 +247,7 @@ def test_with_the_users_prompts_the_reference_is_the_whole_corpus_labelled_unmat
     assert not out["score"]["corpus"]["matched"] and "unmatched" in out["score"]["corpus"]["label"]
 
 
+@pytest.mark.slow
 def test_a_weighted_model_is_sampled_with_its_correction(cli_json, cli, eval_runs, user_error) -> None:
     """The bias lowers the article logits before sampling: with a huge tau articles all but vanish."""
     weighted = eval_runs("weighted")

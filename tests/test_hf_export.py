@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tstool.runs import checkpoint as ckpt
 from tstool.config import CONFIG_VERSION, resolve
+from tstool.data.tokenizer import EOT, load_tokenizer
 from tstool.errors import CheckpointError
 from tstool.model.hf_export import check_hf_folder, hf_config
-from tstool.model.loading import load_model
-from tstool.runs.metrics_log import read_metrics
 from tstool.model.llama import TinyLlama, hf_state_dict
-from tstool.data.tokenizer import EOT, load_tokenizer
+from tstool.model.loading import load_model
+from tstool.runs import checkpoint as ckpt
+from tstool.runs.metrics_log import read_metrics
 from tstool.training.trainer import RunOptions, Trainer, train
 
 transformers = pytest.importorskip("transformers")
@@ -134,6 +134,7 @@ def longer_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 def test_init_from_round_trips_the_exported_weights_and_loss(longer_run: Path, cli_json, tmp_path: Path) -> None:
     exported = export(cli_json, longer_run, tmp_path / "hf")
     cfg = resolve("debug", {"train.max_steps": 1, "train.log_interval": 1})

@@ -24,6 +24,7 @@ def test_orthogonalise_approximates_u_v_transpose(shape: tuple[int, int, int]) -
     assert (cosine > 0.95).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decades", [0, 6])
 def test_gram_form_matches_the_direct_iteration(decades: int) -> None:
     gen = torch.Generator().manual_seed(2)

@@ -27,6 +27,7 @@ def test_sparkline_buckets_long_series_to_width() -> None:
     assert list(line) == sorted(line, reverse=True)
 
 
+@pytest.mark.slow
 def test_plot_overlays_two_runs_in_one_png(eval_runs: Callable[[str], Path], cli_json: Callable) -> None:
     runs = [eval_runs("base"), eval_runs("weighted")]
     report = cli_json("plot", *runs, "--out", "plots/curves.png", "--labels", "base,weighted")

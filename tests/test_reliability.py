@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tstool.runs import checkpoint as ckpt
 from tstool.faults import CRASH_EXIT_CODE
+from tstool.runs import checkpoint as ckpt
 from tstool.runs.metrics_log import read_metrics
 
 DEBUG = ["--config", "debug"]

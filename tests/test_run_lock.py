@@ -340,6 +340,7 @@ TAILS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tail", TAILS)
 def test_a_last_line_still_being_written_is_skipped_by_plot_and_compare(cli_json, tail: str) -> None:
     RUN.mkdir()

@@ -38,6 +38,7 @@ def page_faults(mode: str) -> int:
     return int(done.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in() -> None:
     if not keep_freed_memory():

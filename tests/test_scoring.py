@@ -10,11 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tstool.data.articles import resolve_articles
-from tstool.config import ArticleConfig
-from tstool.data.corpus import Corpus
-from tstool.errors import InputError
-from tstool.model.loading import load_model
 from tstool.analysis.scoring import (
     CorpusReference,
     binomial_mad,
@@ -23,8 +18,13 @@ from tstool.analysis.scoring import (
     score_continuation,
     score_samples,
 )
+from tstool.config import ArticleConfig
+from tstool.data.articles import resolve_articles
+from tstool.data.corpus import Corpus
 from tstool.data.stats import _context_words, dataset_stats
 from tstool.data.tokenizer import load_tokenizer
+from tstool.errors import InputError
+from tstool.model.loading import load_model
 
 
 @dataclass(frozen=True)

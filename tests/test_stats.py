@@ -186,6 +186,7 @@ def test_cli_on_datasets_saved_to_disk(cli_json, tmp_path: Path) -> None:
     assert cli_json("dataset-stats", "--dataset", tmp_path / "dict", "--split", "val")["stories"] == 1
 
 
+@pytest.mark.slow
 def test_cli_gpt2_tokenizer_counts_gpt2_ids(cli_json, gpt2_dir: Path) -> None:
     doc = cli_json("dataset-stats", "--limit", 10, "--tokenizer", gpt2_dir)
     ids = {f["text"]: f["ids"] for f in doc["token_level"]["forms"]}
@@ -216,6 +217,7 @@ def _articles():
     return tok, resolve_articles(tok, ArticleConfig())
 
 
+@pytest.mark.slow
 def test_workers_and_chunks_leave_the_statistics_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     tok, articles = _articles()
     corpus = Corpus("val", read_bundled("val")[:200])
@@ -230,6 +232,7 @@ def test_workers_and_chunks_leave_the_statistics_unchanged(monkeypatch: pytest.M
     assert one == whole
 
 
+@pytest.mark.slow
 def test_sample_stops_once_the_rate_is_precise_enough(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stats, "CHUNK_SIZE", 20)
     monkeypatch.setattr(stats, "MIN_SAMPLE_CHUNKS", 5)
@@ -263,6 +266,7 @@ def test_cli_sample_and_workers(cli_json) -> None:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpt2", [False, True])
 def test_token_counts_from_pretokens_match_the_tokenizers_offsets(gpt2_dir: Path, gpt2: bool) -> None:
     tok = load_tokenizer(gpt2_dir if gpt2 else None)

@@ -44,6 +44,7 @@ def test_targets_are_inputs_shifted_exactly_once(tmp_path: Path) -> None:
         assert y[row].tolist() == stream.tokens[start + 1 : start + 33].tolist()
 
 
+@pytest.mark.slow
 def test_token_cache_is_reused_and_keyed_by_tokenizer(gpt2_dir: Path) -> None:
     cfg = resolve("debug")
     first = load_tokens(cfg.data, "val", load_tokenizer())
@@ -267,6 +268,7 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_learn(tmp_path: Path) -> None:
     assert records[5]["tokens"] == 5 * 2 * 4 * 32  # both ranks' batches count
 
 
+@pytest.mark.slow
 def test_a_warning_in_the_first_step_is_a_run_event_and_training_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

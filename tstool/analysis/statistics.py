@@ -106,7 +106,7 @@ def bootstrap_rate_difference(
 
 
 def direction(difference: Estimate, lower_is_better: bool | None = None) -> str:
-    """"higher", "lower" or "no clear difference" (the interval covers zero); with `lower_is_better`,
+    """ "higher", "lower" or "no clear difference" (the interval covers zero); with `lower_is_better`,
     "better" or "worse" instead. One seed gives no interval: "one seed: no interval"."""
     covers = difference.covers(0.0)
     if covers is None:

@@ -128,6 +128,4 @@ def render_score(console: Console, score: ArticleScore) -> None:
     if score.article_less:
         patterns = ", ".join(f"{p!r} ×{n}" for p, n in score.article_less.most_common(10))
         console.print(Text.assemble(("Article-less patterns ", "bold"), patterns))
-    console.print(
-        Text.assemble(("Verdict ", "bold"), _verdict(score.verdict), f" · reference: {corpus.source}")
-    )
+    console.print(Text.assemble(("Verdict ", "bold"), _verdict(score.verdict), f" · reference: {corpus.source}"))
