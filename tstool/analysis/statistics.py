@@ -106,8 +106,8 @@ def bootstrap_rate_difference(
 
 
 def direction(difference: Estimate, lower_is_better: bool | None = None) -> str:
-    """ "higher", "lower" or "no clear difference" (the interval covers zero); with `lower_is_better`,
-    "better" or "worse" instead. One seed gives no interval: "one seed: no interval"."""
+    """The verdict of a difference's interval: higher, lower, or no clear difference when it covers zero;
+    with `lower_is_better`, better or worse instead. One seed gives no interval: "one seed: no interval"."""
     covers = difference.covers(0.0)
     if covers is None:
         return "one seed: no interval"
