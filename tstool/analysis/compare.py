@@ -1,5 +1,7 @@
 """Side-by-side comparison of trained runs, measured so that differences come from the runs.
 
+A run is a tstool run folder or a transformers model (a folder or hub id, see `is_transformers`); a
+transformers model has no training curves, and is judged against the corpus the runs are evaluated on.
 Every run is evaluated on the same validation blocks (the first run's data section, tokenised with
 each run's own tokenizer), generates from the same prompts with the same sampling settings and seed,
 and is scored against the corpus statistics of its training data. Runs with different tokenizers
@@ -10,6 +12,7 @@ its corpus-relative rows are "n/a" (see `compare_runs`' `corpus_optional`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from tstool.analysis.scoring import (
 from tstool.config import Config, DataConfig, GenerateConfig, from_dict
 from tstool.data.stats import ArticleCounts, count_articles
 from tstool.errors import InputError
-from tstool.model.loading import LoadedModel, load_model
+from tstool.model.loading import LoadedModel, is_transformers, load_any_model
 from tstool.runs import checkpoint as ckpt
 
 DEFAULT_SAMPLES = 8  # per prompt: 5 prompts x 8 x 200 tokens gives a few thousand words per run
@@ -123,6 +126,7 @@ class RunResult:
     curves: RunCurves
     correction: Correction
     corpus_error: str | None = None  # why the run has no corpus statistics
+    origin: str = "tstool"  # or "transformers": a model tstool did not train, with no curves or steps
 
     def available(self, row: Row) -> bool:
         """False for a row measured against corpus statistics that this run does not have."""
@@ -154,7 +158,7 @@ class RunResult:
             "context_divergence": score.contexts.value if score else None,
             "slot_article_mass": self.slot_article_mass,
             "slot_p_a": self.slot_p_a,
-            "step": self.report.step,
+            "step": self.report.step if self.origin == "tstool" else None,
             "tokens_trained": last_train.get("tokens"),
             "wall_time_s": training_time(self.curves.train),
         }
@@ -177,6 +181,7 @@ class RunResult:
         return {
             "label": self.label,
             "path": str(self.path),
+            "origin": self.origin,
             "checkpoint": self.report.checkpoint,
             "tokenizer_sha256": self.tokenizer_sha256,
             "values": self.values(),
@@ -268,6 +273,12 @@ def _notes(runs: Sequence[RunResult], data_differs: bool) -> list[str]:
             f"{', '.join(short)} generated fewer than {MIN_WORDS} words: the article rate is too noisy for a verdict; "
             "raise --samples or --max-new-tokens"
         )
+    others = [r.label for r in runs if r.origin != "tstool"]
+    if others:
+        notes.append(
+            f"{', '.join(others)}: not trained by tstool, so no training curves or steps; its generations are "
+            f"judged against the corpus the runs are evaluated on ({runs[0].report.data['source']})"
+        )
     for r in runs:
         if r.score is None:
             notes.append(f"{r.label} has no corpus statistics, so its corpus-relative rows are n/a: {r.corpus_error}")
@@ -276,21 +287,31 @@ def _notes(runs: Sequence[RunResult], data_differs: bool) -> list[str]:
 
 @dataclass(frozen=True)
 class RunSource:
-    """A run folder checked before any slow work: its curves and its latest checkpoint's config."""
+    """A run checked before any slow work: its curves and config (its latest checkpoint's), or for a
+    transformers model no curves and the config it is analysed with (`hf_models.analysis_config`)."""
 
     path: Path
     curves: RunCurves
     config: Config
+    transformers: bool = False
+
+
+def check_run(path: Path, label: str) -> RunSource:
+    """A run folder with metrics and a checkpoint, or a transformers model that passes `check_model`."""
+    if is_transformers(path):
+        from tstool.model.hf_models import check_model
+
+        return RunSource(path, RunCurves(label, path, [], []), check_model(str(path)).config, transformers=True)
+    return RunSource(path, load_curves(path, label), from_dict(ckpt.read_meta(ckpt.resolve_checkpoint(path))["config"]))
 
 
 def check_runs(paths: Sequence[Path]) -> list[RunSource]:
-    """Every run folder with metrics and a checkpoint, or an InputError/CheckpointError naming the fix."""
+    """Every run checked (`check_run`), or an InputError/CheckpointError naming the fix."""
     if not paths:
-        raise InputError("no runs to compare: pass run folders written by `tstool train --out-dir`")
-    return [
-        RunSource(path, load_curves(path, label), from_dict(ckpt.read_meta(ckpt.resolve_checkpoint(path))["config"]))
-        for path, label in zip(paths, _unique_labels(paths, None), strict=True)
-    ]
+        raise InputError(
+            "no runs to compare: pass run folders written by `tstool train --out-dir` or transformers models"
+        )
+    return [check_run(path, label) for path, label in zip(paths, _unique_labels(paths, None), strict=True)]
 
 
 def generated_counts(samples: Sequence[Sample], words: Sequence[str]) -> ArticleCounts:
@@ -323,10 +344,13 @@ def measure_run(
     correction: str | float = "fitted",
 ) -> RunResult:
     """Evaluate one run on `data`'s validation split, generate with `settings` and `seed`, score; a
-    weighted run with `correction` (see `correction_for`), a weight-1 run never corrected."""
+    weighted run with `correction` (see `correction_for`), a weight-1 run never corrected. A transformers
+    model, whose training corpus is unknown, is scored against `data`'s."""
     label = source.curves.label
-    emit({"event": "compare", "label": label, "stage": "load"})
-    loaded = load_model(source.path, device)
+    emit({"event": "compare", "label": label, "stage": "load", "transformers": source.transformers})
+    loaded = load_any_model(source.path, device)
+    if source.transformers:
+        loaded = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"data": data}))
     applied = correction_for(loaded, "none" if loaded.config.train.article_weight == 1.0 else correction)
     emit({"event": "compare", "label": label, "stage": "eval", "max_blocks": max_blocks})
     report = evaluate(loaded, data, "val", max_blocks, correction=applied)
@@ -346,6 +370,7 @@ def measure_run(
         curves=source.curves,
         correction=applied,
         corpus_error=corpus_error,
+        origin=loaded.origin,
     )
 
 
@@ -383,7 +408,9 @@ def compare_runs(
         for s in sources
     ]
     bookkeeping = set(DATA_BOOKKEEPING)
-    data_differs = any(
-        s.config.data.model_dump(exclude=bookkeeping) != first.data.model_dump(exclude=bookkeeping) for s in sources
+    data_differs = any(  # a transformers model's data section is tstool's default, not what it was trained on
+        s.config.data.model_dump(exclude=bookkeeping) != first.data.model_dump(exclude=bookkeeping)
+        for s in sources
+        if not s.transformers
     )
     return Comparison(results, settings, seed, DEFAULT_PROMPTS, max_blocks, _notes(results, data_differs))

@@ -180,7 +180,7 @@ def evaluate(
     progress: Progress | None = None,
     correction: Correction | None = None,
 ) -> EvalReport:
-    """Evaluate `loaded` on `split` of `data`, tokenised with the checkpoint's own tokenizer.
+    """Evaluate `loaded` on `split` of `data`, tokenised with the model's own tokenizer.
 
     `max_blocks` caps the blocks of max_seq_len + 1 tokens (None: every block); `progress(done, total)`
     is called after each batch. With a `correction` the metrics are the corrected model's, and the

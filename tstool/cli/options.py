@@ -32,8 +32,9 @@ Checkpoint = Annotated[
     typer.Option(
         "--checkpoint",
         "-c",
-        metavar="RUN_DIR|CKPT_DIR",
-        help="A run folder (its latest checkpoint) or a checkpoint folder.",
+        metavar="RUN_DIR|CKPT_DIR|HF_MODEL",
+        help="A run folder (its latest checkpoint), a checkpoint folder, or a transformers causal LM: a folder "
+        "(config.json, weights, tokenizer) or a hub model id from the Hugging Face cache.",
     ),
 ]
 RunTokenizer = Annotated[

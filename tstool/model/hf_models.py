@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from tstool.config import Config, ModelConfig, TrainConfig
-from tstool.data.tokenizer import TextTokenizer, prepare_backend
+from tstool.data.tokenizer import TextTokenizer, load_tokenizer, prepare_backend
 from tstool.errors import CheckpointError, TokenizerError
 
 ORIGIN = "transformers"  # meta["origin"] of a model loaded here; tstool checkpoints have none
@@ -72,6 +75,24 @@ def _transformers() -> Any:
     return transformers
 
 
+@contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """transformers' progress bars, log messages and warnings off while it loads: tstool reports what
+    matters, and an error stays the one line the CLI prints."""
+    logging = transformers.utils.logging
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
@@ -104,8 +125,7 @@ def _snapshot(repo_id: str, patterns: tuple[str, ...]) -> Path:
             else f"nor a model the Hugging Face Hub serves ({_first_line(exc)})"
         )
         raise CheckpointError(
-            f"{repo_id} does not exist: it is no local folder, {where}: pass a tstool run folder, a transformers "
-            "model folder or the id of a hub model"
+            f"{repo_id} does not exist: it is no local folder, {where}: pass a local folder or a hub model id"
         ) from None
 
 
@@ -149,9 +169,9 @@ def _refuse_remote_code(path: Path) -> None:
 class HFTokenizer(TextTokenizer):
     """A transformers tokenizer with TextTokenizer's interface.
 
-    `backend` is its `tokenizers` pipeline (a slow tokenizer's converted, as transformers itself
-    converts them), so encoding gives the IDs transformers gives and the statistics that read encoding
-    offsets work unchanged. Stories are separated by its end-of-sequence token.
+    `backend` is its `tokenizers` pipeline (a slow tokenizer's files converted, as AutoTokenizer does),
+    so encoding gives the IDs transformers gives and the statistics that read encoding offsets work
+    unchanged. Stories are separated by its end-of-sequence token.
     """
 
     eos_id: int
@@ -211,18 +231,14 @@ def _check_tokenizer_folder(folder: Path, source: str) -> None:
 
 
 def _backend(hf_tokenizer: Any, source: str) -> Tokenizer:
-    """The tokenizer's `tokenizers` pipeline; a slow tokenizer's converted as transformers converts them."""
-    if getattr(hf_tokenizer, "is_fast", False):
-        return hf_tokenizer.backend_tokenizer
-    from transformers.convert_slow_tokenizer import convert_slow_tokenizer
-
-    try:
-        return convert_slow_tokenizer(hf_tokenizer)
-    except Exception as exc:  # transformers raises ValueError, or ImportError for a missing converter library
+    """The tokenizer's `tokenizers` pipeline. AutoTokenizer builds one from a slow tokenizer's files
+    (vocab.json + merges.txt, a SentencePiece model) wherever transformers has a converter for them."""
+    if not getattr(hf_tokenizer, "is_fast", False):
         raise TokenizerError(
-            f"tokenizer {source} ({type(hf_tokenizer).__name__}) has no tokenizers pipeline and transformers cannot "
-            f"convert it ({_first_line(exc)}): save it as a fast tokenizer (tokenizer.json)"
-        ) from None
+            f"tokenizer {source} ({type(hf_tokenizer).__name__}) is a pure-Python tokenizer that transformers "
+            "cannot convert to a fast one, whose encodings tstool reads: save it as tokenizer.json"
+        )
+    return hf_tokenizer.backend_tokenizer
 
 
 def load_hf_tokenizer(spec: str) -> HFTokenizer:
@@ -231,7 +247,8 @@ def load_hf_tokenizer(spec: str) -> HFTokenizer:
     _check_tokenizer_folder(folder, spec)
     transformers = _transformers()
     try:
-        loaded = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        with _quiet(transformers):
+            loaded = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for unusable files
         raise TokenizerError(f"tokenizer {spec} could not be loaded by transformers ({_first_line(exc)})") from None
     if loaded.eos_token_id is None:
@@ -251,12 +268,19 @@ def load_hf_tokenizer(spec: str) -> HFTokenizer:
     )
 
 
+def load_any_tokenizer(spec: str | None) -> TextTokenizer:
+    """A transformers tokenizer (`is_transformers_tokenizer`), or else one `load_tokenizer` reads."""
+    if spec is not None and is_transformers_tokenizer(spec):
+        return load_hf_tokenizer(spec)
+    return load_tokenizer(spec)
+
+
 # ---- the model ---------------------------------------------------------------------------------------
 
 
 @dataclass
 class HFCache:
-    """A transformers model's KV cache (its `past_key_values`) and how many positions it holds."""
+    """A transformers model's KV cache, as the model returned it, and how many positions it holds."""
 
     past: Any = None
     pos: int = 0
@@ -271,6 +295,9 @@ class HFCausalLM(nn.Module):
         self.hf_model = hf_model
         self.cfg = cfg
         self.vocab_size = vocab_size
+        # the name transformers gives the KV cache, in and out: `cache` in recent releases, before that
+        # `past_key_values` (which recent releases still take, with a deprecation warning)
+        self.cache_name = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
 
     def new_cache(self) -> HFCache:
         return HFCache()
@@ -283,11 +310,10 @@ class HFCausalLM(nn.Module):
                 f"max_seq_len={self.cfg.max_seq_len}: crop the input to the last max_seq_len tokens"
             )
         # Without a cache the model builds none: evaluation needs only the logits.
-        out = self.hf_model(
-            input_ids=idx, past_key_values=cache.past if cache is not None else None, use_cache=cache is not None
-        )
+        past = {self.cache_name: cache.past} if cache is not None else {}
+        out = self.hf_model(input_ids=idx, use_cache=cache is not None, **past)
         if cache is not None:
-            cache.past, cache.pos = out.past_key_values, start + idx.size(1)
+            cache.past, cache.pos = getattr(out, self.cache_name), start + idx.size(1)
         return out.logits.float()
 
 
@@ -332,7 +358,8 @@ def _causal_config(folder: Path, spec: str) -> Any:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     try:
-        hf_config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        with _quiet(transformers):
+            hf_config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
     except Exception as exc:  # an unknown model_type is a ValueError, a damaged file an OSError
         raise CheckpointError(f"{spec}: transformers cannot read its {CONFIG} ({_first_line(exc)})") from None
     if type(hf_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
@@ -373,14 +400,15 @@ def check_model(spec: str, tokenizer: str | None = None) -> ModelFolder:
 def _load_weights(found: ModelFolder) -> nn.Module:
     transformers = _transformers()
     try:
-        hf_model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            found.folder,
-            config=found.hf_config,
-            trust_remote_code=False,
-            local_files_only=True,
-            weights_only=True,  # .bin files through torch's weights_only unpickler, never plain pickle
-            output_loading_info=True,
-        )
+        with _quiet(transformers):
+            hf_model, info = transformers.AutoModelForCausalLM.from_pretrained(
+                found.folder,
+                config=found.hf_config,
+                trust_remote_code=False,
+                local_files_only=True,
+                weights_only=True,  # .bin files through torch's weights_only unpickler, never plain pickle
+                output_loading_info=True,
+            )
     except Exception as exc:  # damaged or hostile weights: OSError, UnpicklingError, RuntimeError, ...
         raise CheckpointError(f"{found.spec}: its weights could not be loaded ({_first_line(exc)})") from None
     missing = [*info.get("missing_keys", ()), *(str(m[0]) for m in info.get("mismatched_keys", ()))]

@@ -60,7 +60,7 @@ class LoadedModel:
 
     @property
     def origin(self) -> str:
-        """"tstool" for a tstool checkpoint, "transformers" for a model loaded through transformers."""
+        """Where the model comes from: "tstool" (a tstool checkpoint) or "transformers"."""
         return str(self.meta.get("origin", "tstool"))
 
     def describe(self) -> str:

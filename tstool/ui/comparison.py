@@ -21,7 +21,7 @@ def compare_status(event: dict[str, Any]) -> str:
     """A status line for a `compare_runs` event."""
     label, stage = event["label"], event["stage"]
     if stage == "load":
-        return f"{label}: loading its latest checkpoint"
+        return f"{label}: loading {'the transformers model' if event.get('transformers') else 'its latest checkpoint'}"
     if stage == "eval":
         blocks = event["max_blocks"]
         return f"{label}: evaluating {'every' if blocks is None else f'{blocks:,}'} validation blocks"
@@ -31,7 +31,8 @@ def compare_status(event: dict[str, Any]) -> str:
 
 
 def sparklines(run: RunResult) -> dict[str, str]:
-    """Terminal sparklines of the run's unweighted train and val loss, from metrics.jsonl."""
+    """Terminal sparklines of the run's unweighted train and val loss, from metrics.jsonl; empty for a
+    transformers model, which has no curves."""
     return {name: sparkline(run.loss_curve(split)["values"], width=SPARK_WIDTH) for name, split, _ in LOSS_CURVES}
 
 

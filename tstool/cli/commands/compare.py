@@ -17,7 +17,13 @@ from tstool.errors import InputError
 
 @handle_errors
 def compare(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders written by `tstool train`.")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN_DIR",
+            help="Run folders written by `tstool train`, or transformers models (folders or hub ids).",
+        ),
+    ],
     samples: Annotated[
         Optional[int], typer.Option("--samples", min=1, help="Samples per prompt (5 prompts) \\[default: 8].")
     ] = None,
@@ -35,9 +41,10 @@ def compare(
 ) -> None:
     """Compare runs side by side: loss, bpb, article metrics, generated article rate, slot probes, curves.
 
-    Example: tstool compare runs/tiny-w1 runs/tiny-w5
+    Example: tstool compare runs/tiny-w1 runs/tiny-w5 roneneldan/TinyStories-33M
 
-    Generations are ancestral (temperature 1). Weighted runs get --correction; weight-1 runs never.
+    Generations are ancestral (temperature 1). Weighted runs get --correction; weight-1 runs never, nor do
+    transformers models, which have no training curves.
     """
     from tstool.analysis.compare import compare_runs
     from tstool.training.runtime import resolve_device

@@ -38,10 +38,13 @@ def diagnose_tokenizer(
     sets: options.Sets = None,
     json_out: options.Json = False,
 ) -> None:
-    """Show how articles tokenize and check expected IDs. Example: tstool diagnose-tokenizer --expect-ids 262,264,389"""
+    """Show how articles tokenize and check expected IDs. Example: tstool diagnose-tokenizer --expect-ids 262,264,389
+
+    --tokenizer also takes a transformers tokenizer: a folder (tokenizer_config.json) or a hub model id.
+    """
     from tstool.analysis.diagnosis import diagnose
     from tstool.data.corpus import load_corpus
-    from tstool.data.tokenizer import load_tokenizer
+    from tstool.model.hf_models import load_any_tokenizer
     from tstool.ui.reports import progress_bar, render_diagnosis
 
     cfg = build_config(
@@ -54,7 +57,7 @@ def diagnose_tokenizer(
         articles__expect_ids=parse_ids(expect_ids) if expect_ids is not None else None,
     )
     out = Output(json_out)
-    tok = load_tokenizer(cfg.data.tokenizer)
+    tok = load_any_tokenizer(cfg.data.tokenizer)
     corpus = None if no_corpus else load_corpus(cfg.data, "train")
     with progress_bar(out.err, "Counting article tokens", enabled=not json_out and corpus is not None) as progress:
         report = diagnose(tok, cfg.articles, corpus, progress)

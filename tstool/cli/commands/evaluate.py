@@ -35,14 +35,16 @@ def evaluate(
     correction: options.Correction = "fitted",
     json_out: options.Json = False,
 ) -> None:
-    """Loss, bpb, article precision/recall and probes of a checkpoint. Example: tstool eval --checkpoint runs/latest
+    """Loss, bpb, article precision/recall and probes of a model. Example: tstool eval --checkpoint runs/latest
 
-    Scores the run's validation text, or --data files (whole) or --dataset. Exit 1: misaligned labels.
+    A tstool run or checkpoint, or a transformers model (folder or hub id). Scores the run's validation text
+    (a transformers model: the bundled TinyStories sample's), or --data files (whole) or --dataset.
+    Exit 1: misaligned labels.
     """
     from tstool.analysis.evaluate import DEFAULT_MAX_BLOCKS, check_split
     from tstool.analysis.evaluate import evaluate as run_eval
     from tstool.analysis.probes import DEFAULT_CONTEXTS
-    from tstool.model.loading import load_model
+    from tstool.model.loading import load_any_model
     from tstool.training.runtime import resolve_device
     from tstool.ui.evaluation import render_eval
     from tstool.ui.reports import progress_bar
@@ -54,7 +56,7 @@ def evaluate(
     split = check_split(split)  # before the slow model load; `validation` becomes `val`
     choice = parse_correction_option(correction)
     out = Output(json_out)
-    loaded = load_model(checkpoint, resolve_device(device))
+    loaded = load_any_model(checkpoint, resolve_device(device))
     data_cfg = loaded.config.data
     if data or dataset:
         # Other text replaces the run's data section whole; local files are evaluated entire (no held-out cut).
@@ -63,7 +65,7 @@ def evaluate(
     if limit is not None:
         data_cfg = data_cfg.model_copy(update={"limit": limit})
     applied = correction_for_model(loaded, choice)
-    out.status(f"Evaluating step {loaded.step} of {loaded.path} on {loaded.device}; correction: {applied.describe()}")
+    out.status(f"Evaluating {loaded.describe()} on {loaded.device}; correction: {applied.describe()}")
     with progress_bar(out.err, f"Scoring {split} blocks", enabled=not json_out) as progress:
         report = run_eval(
             loaded,

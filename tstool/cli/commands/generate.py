@@ -67,7 +67,10 @@ def generate(
     tokenizer: options.RunTokenizer = None,
     json_out: options.Json = False,
 ) -> None:
-    """Generate stories from a checkpoint. Example: tstool generate -c runs/latest -p "Once upon" --score-articles
+    """Generate stories from a model. Example: tstool generate -c runs/latest -p "Once upon" --score-articles
+
+    A tstool run or checkpoint, or a transformers model (folder or hub id), scored against its training data
+    (a transformers model: the bundled TinyStories sample).
 
     With --score-articles and no prompts, the prompts are openings of held-out validation stories and the
     reference is how those stories go on. The rate gets a verdict only at temperature 1 with no top-k, top-p
@@ -85,7 +88,7 @@ def generate(
         reference_for_run,
         score_samples,
     )
-    from tstool.model.loading import load_model
+    from tstool.model.loading import load_any_model
     from tstool.training.runtime import resolve_device
     from tstool.ui.generation import render_samples
     from tstool.ui.reports import progress_bar
@@ -98,7 +101,7 @@ def generate(
     given = [*(prompts or []), *(read_prompts(prompts_file) if prompts_file else [])]
     reference = CorpusReference.load(stats_file) if stats_file else None
     scoring = score_articles or reference is not None
-    loaded = load_model(checkpoint, resolve_device(device), tokenizer)
+    loaded = load_any_model(checkpoint, resolve_device(device), tokenizer)
     applied = correction_for_model(loaded, choice)
     openings = held_out_openings(loaded, MATCHED_PROMPTS) if scoring and not given else []
     texts = given or [o.prompt for o in openings] or list(DEFAULT_PROMPTS)
@@ -115,9 +118,7 @@ def generate(
     if settings.temperature == 0 and settings.num_samples > 1:
         out.warn(f"greedy decoding makes all {settings.num_samples} samples of a prompt the same")
     seed = secrets.randbelow(2**31) if seed is None else seed
-    out.status(
-        f"Step {loaded.step} of {loaded.path} on {loaded.device} · seed {seed} · correction: {applied.describe()}"
-    )
+    out.status(f"Model: {loaded.describe()} on {loaded.device} · seed {seed} · correction: {applied.describe()}")
     with progress_bar(out.err, f"Generating from {len(texts)} prompts", enabled=bars) as progress:
         samples = generate_samples(loaded, texts, settings, seed, progress, logit_bias(loaded, applied))
     warnings = list(dict.fromkeys(w for s in samples for w in s.warnings))
@@ -138,6 +139,7 @@ def generate(
 
     result = {
         "checkpoint": str(loaded.path),
+        "origin": loaded.origin,
         "step": loaded.step,  # the step read: a run still training may have moved on since
         "device": str(loaded.device),
         "seed": seed,
