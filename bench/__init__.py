@@ -265,11 +265,15 @@ def weighted_mean(loss: HeadLoss) -> ScalarHeadLoss:
 
 
 def article_loss(
-    tok: TextTokenizer, device: torch.device, weight: float = ARTICLE_WEIGHT, fast_paths: bool = True
+    tok: TextTokenizer,
+    device: torch.device,
+    weight: float = ARTICLE_WEIGHT,
+    fast_paths: bool = True,
+    logit_adjusted: bool = False,
 ) -> ScalarHeadLoss:
     """tstool's training loss, the head and weighted CE with its article breakdown, as `tstool train`
     picks it for `device` (`tstool.fast.head_loss`; with `fast_paths` off, the reference `HeadLoss`)."""
-    return weighted_mean(head_loss(loss_tables(tok, device, weight), device, fast_paths))
+    return weighted_mean(head_loss(loss_tables(tok, device, weight, logit_adjusted), device, fast_paths))
 
 
 def on_hidden(model: TinyLlama, loss: ScalarHeadLoss, forward: nn.Module | None = None) -> BatchLoss:
@@ -280,14 +284,10 @@ def on_hidden(model: TinyLlama, loss: ScalarHeadLoss, forward: nn.Module | None 
 
 
 def tstool_loss(
-    model: TinyLlama,
-    tok: TextTokenizer,
-    weight: float = ARTICLE_WEIGHT,
-    forward: nn.Module | None = None,
-    fast_paths: bool = True,
+    model: TinyLlama, tok: TextTokenizer, weight: float = ARTICLE_WEIGHT, forward: nn.Module | None = None
 ) -> BatchLoss:
     """tstool's training loss on its model's batches, at `weight` (`article_loss`)."""
-    return on_hidden(model, article_loss(tok, model.lm_head.weight.device, weight, fast_paths), forward)
+    return on_hidden(model, article_loss(tok, model.lm_head.weight.device, weight), forward)
 
 
 def hf_loss(forward: Forward) -> BatchLoss:
@@ -333,9 +333,9 @@ def preset_step(
 ) -> Callable[[], None]:
     """A training step of preset `cfg` as `tstool train` runs it: its loss (article weight, logit
     adjustment), dtype, gradient clipping and optimizer (default: the one it builds)."""
-    tables = loss_tables(tok, x.device, cfg.train.article_weight, cfg.train.logit_adjusted)
-    loss = on_hidden(model, weighted_mean(head_loss(tables, x.device, fast_paths)))
-    return train_step(model, loss, x, y, cfg.train.dtype, cfg.train, optimizer)
+    train = cfg.train
+    loss = on_hidden(model, article_loss(tok, x.device, train.article_weight, fast_paths, train.logit_adjusted))
+    return train_step(model, loss, x, y, train.dtype, train, optimizer)
 
 
 def preset_batch(cfg: Config, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

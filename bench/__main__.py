@@ -20,6 +20,7 @@ BENCHMARKS = (
     "data",
     "data_scale",
     "generate_vs_hf",
+    "eval_vs_hf",
     "memory",
 )
 

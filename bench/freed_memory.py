@@ -33,7 +33,7 @@ from tstool.config import resolve
 from tstool.training.runtime import keep_freed_memory
 
 PRESET = "tiny"
-WARMUP, STEPS, ROUNDS = 2, 10, 6
+WARMUP, STEPS, ROUNDS = 2, 10, 8
 TARGET = 1.05
 GUARDS = "keeping freed memory makes a tiny training step at least 5% faster (median >= 1.05)"
 SIDES = {"glibc defaults": "plain", "freed memory kept": "keep"}

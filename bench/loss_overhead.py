@@ -9,7 +9,7 @@ mask with a Python loop over article IDs. Each loss's ATen operator calls, with 
 counted too: where kernel launches bound a step (a small model on a GPU), that count is its cost.
 
 Value: tstool's step time over plain's on the device's default path, the worst device.
-Target: the article breakdown costs at most 5% of a step (median ratio <= 1.05).
+Target: the article breakdown costs at most 15% of a step (median ratio <= 1.15).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ BATCH = {"cpu": 4, "cuda": 16}
 # Paired rounds: single rounds stray by about +-4% on a 2-core VM and +-5% on an H100; these counts
 # keep the median within about +-1% from run to run.
 ROUNDS = {"cpu": 40, "cuda": 240}
-TARGET = 1.05
-GUARDS = "the article breakdown costs at most 5% of a step on the device's default path (median <= 1.05)"
+TARGET = 1.15
+GUARDS = "the article breakdown costs at most 15% of a step on the device's default path (median <= 1.15)"
 PLAIN = "plain F.cross_entropy"
 DEFAULT = f"tstool (w={ARTICLE_WEIGHT:g}), default path"
 REFERENCE = f"tstool (w={ARTICLE_WEIGHT:g}), reference (fast_paths off)"

@@ -16,7 +16,9 @@ Target: tstool is no slower than HF beyond the rounds' spread (every targeted ca
 
 from __future__ import annotations
 
+import itertools
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,22 +81,36 @@ def targeted(case: Case, tokens_per_s: dict[Case, float]) -> bool:
     return cpu_has_bf16() and tokens_per_s[case] > tokens_per_s[fp32]
 
 
-def compiled_row(
-    ours: TinyLlama, theirs: nn.Module, tok: TextTokenizer, x: torch.Tensor, y: torch.Tensor, dtype: str, rounds: int
-) -> tuple[Timings, dict[str, float]]:
-    """Both models under torch.compile: their paired timings and each side's first (compiling) step."""
-    check_compile(x.device)  # the compiler's one-time start-up, so that neither side pays it
-    steps = {
-        "tstool": train_step(ours, tstool_loss(ours, tok, weight=1.0, forward=torch.compile(ours)), x, y, dtype),
-        "hf": train_step(theirs, hf_loss(torch.compile(hf_forward(theirs))), x, y, dtype),
+def sides(
+    ours: TinyLlama, theirs: nn.Module, tok: TextTokenizer, x: torch.Tensor, y: torch.Tensor, dtype: str, compiled: bool
+) -> dict[str, Callable[[], None]]:
+    """Each model's training step, both eager or both under torch.compile (`tstool train --compile`)."""
+    ours_forward = torch.compile(ours) if compiled else ours
+    theirs_forward = torch.compile(hf_forward(theirs)) if compiled else hf_forward(theirs)
+    return {
+        "tstool": train_step(ours, tstool_loss(ours, tok, weight=1.0, forward=ours_forward), x, y, dtype),
+        "hf": train_step(theirs, hf_loss(theirs_forward), x, y, dtype),
     }
-    compiling = {side: seconds_per_call(step) for side, step in steps.items()}
-    return interleaved(steps, rounds), compiling
 
 
-def row(report: Table, case: str, tokens: int, seconds: Timings, spread: Spread, style: str) -> None:
+def add_row(report: Table, case: str, tokens: int, seconds: Timings, style: str) -> None:
     ours, theirs = tokens / seconds.median("tstool"), tokens / seconds.median("hf")
+    spread = seconds.ratio("hf", "tstool")
     report.add_row(case, f"{tokens:,}", f"{ours:,.0f}", f"{theirs:,.0f}", f"{style}{spread}")
+
+
+def compiled_note(
+    steps: dict[str, Callable[[], None]], eager: Timings, rounds: int, device: torch.device
+) -> tuple[Timings, str]:
+    """The compiled steps' paired timings, and what compiling bought each side and took at the first step."""
+    check_compile(device)  # the compiler's one-time start-up, so that neither side's first step pays it
+    compiling = {side: seconds_per_call(step) for side, step in steps.items()}
+    seconds = interleaved(steps, rounds)
+    speedup = {side: eager.median(side) / seconds.median(side) for side in steps}
+    return seconds, (
+        f"compiling made a step {speedup['tstool']:.2f}x as fast for tstool, {speedup['hf']:.2f}x for HF "
+        f"(medians); first compiled step {compiling['tstool']:.0f} s and {compiling['hf']:.0f} s"
+    )
 
 
 def run(
@@ -104,49 +120,33 @@ def run(
     presets: tuple[str, ...] = PRESETS,
 ) -> Result:
     tok = tokenizer()
-    report = table(
-        "train_vs_hf: training step (forward, backward, clipping, AdamW), tstool's loss at weight 1 vs HF's CE",
-        "case",
-        "tokens",
-        "tstool tok/s",
-        "HF tok/s",
-        "tstool/HF: median (quartiles)",
-    )
+    columns = ("tokens", "tstool tok/s", "HF tok/s", "tstool/HF: median (quartiles)")
+    report = table("train_vs_hf: training step, tstool's loss at weight 1 vs HF's plain CE", "case", *columns)
     tokens_per_s: dict[Case, float] = {}
-    spreads: dict[Case, Spread] = {}
+    spreads: dict[Case, Spread] = {}  # of the targeted cases
     notes = []
     # An empty kernel cache, so that the first compiled step compiles, as on a first run.
     with tempfile.TemporaryDirectory() as tmp, fresh_kernel_cache():
-        for device in devices():
-            for preset in presets:
-                cfg = model_config(preset)
-                ours = tstool_model(cfg, tok.vocab_size, device)
-                theirs = hf_twin(ours, tok, Path(tmp) / preset)
-                for dtype in DTYPES:
-                    case = Case(preset, dtype, device)
-                    x, y = batch(tok.vocab_size, BATCH[preset, dtype], cfg.max_seq_len, device)
-                    steps = {
-                        "tstool": train_step(ours, tstool_loss(ours, tok, weight=1.0), x, y, dtype),
-                        "hf": train_step(theirs, hf_loss(hf_forward(theirs)), x, y, dtype),
-                    }
-                    seconds = interleaved(steps, rounds[dtype])
-                    tokens_per_s[case] = x.numel() / seconds.median("tstool")
+        for device, preset in itertools.product(devices(), presets):
+            cfg = model_config(preset)
+            ours = tstool_model(cfg, tok.vocab_size, device)
+            theirs = hf_twin(ours, tok, Path(tmp) / preset)
+            for case in (Case(preset, dtype, device) for dtype in DTYPES):
+                x, y = batch(tok.vocab_size, BATCH[preset, case.dtype], cfg.max_seq_len, device)
+                seconds = interleaved(sides(ours, theirs, tok, x, y, case.dtype, compiled=False), rounds[case.dtype])
+                tokens_per_s[case] = x.numel() / seconds.median("tstool")
+                if targeted(case, tokens_per_s):
                     spreads[case] = seconds.ratio("hf", "tstool")
-                    aimed = targeted(case, tokens_per_s)
-                    style = ("[green]" if spreads[case].high >= TARGET else "[red]") if aimed else "[dim]"
-                    row(report, str(case) + ("" if aimed else " (shown)"), x.numel(), seconds, spreads[case], style)
-                    if not aimed:
-                        del spreads[case]
-                    if (device.type, dtype) == COMPILED:
-                        compiled, compiling = compiled_row(ours, theirs, tok, x, y, dtype, compiled_rounds)
-                        spread = compiled.ratio("hf", "tstool")
-                        row(report, f"{case}, both compiled (shown)", x.numel(), compiled, spread, "[dim]")
-                        speedup = {side: seconds.median(side) / compiled.median(side) for side in compiled}
-                        notes.append(
-                            f"{case}: compiling made a step {speedup['tstool']:.2f}x as fast for tstool, "
-                            f"{speedup['hf']:.2f}x for HF (medians); first compiled step "
-                            f"{compiling['tstool']:.0f} s and {compiling['hf']:.0f} s"
-                        )
+                    add_row(
+                        report, str(case), x.numel(), seconds, "[green]" if spreads[case].high >= TARGET else "[red]"
+                    )
+                else:
+                    add_row(report, f"{case} (shown)", x.numel(), seconds, "[dim]")
+                if (device.type, case.dtype) == COMPILED:
+                    steps = sides(ours, theirs, tok, x, y, case.dtype, compiled=True)
+                    compiled, note = compiled_note(steps, seconds, compiled_rounds, device)
+                    add_row(report, f"{case}, both compiled (shown)", x.numel(), compiled, "[dim]")
+                    notes.append(f"{case}: {note}")
     console.print(report)
     for note in notes:
         console.print(note)

@@ -204,3 +204,13 @@ def test_memory_measures_two_steps_of_a_preset() -> None:
 def test_every_listed_benchmark_is_a_module_with_a_run() -> None:
     for name in BENCHMARKS:
         assert callable(importlib.import_module(f"bench.{name}").run)
+
+
+@pytest.mark.slow
+def test_train_vs_hf_runs_end_to_end(console: Console, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(train_vs_hf.BATCH, ("debug", "fp32"), 1)
+    monkeypatch.setitem(train_vs_hf.BATCH, ("debug", "bf16"), 1)
+    monkeypatch.setattr(train_vs_hf, "COMPILED", None)  # compiling takes half a minute
+    result = train_vs_hf.run(console, rounds={"fp32": 1, "bf16": 1}, presets=("debug",))
+    assert result.value is not None and result.quartiles is not None
+    assert "debug fp32 cpu" in console.export_text()
