@@ -142,6 +142,14 @@ def test_fast_paths_without_their_device_are_skipped_not_failed(
     assert "cuda absent" in console.export_text()
 
 
+def test_fast_paths_measure_each_path_on_its_device(console: Console, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CPU has no fast path: switching it on and off runs the same reference loss on both sides
+    monkeypatch.setattr(fast_paths, "FAST_PATHS", (fast_paths.FastPath("reference on both sides", "cpu"),))
+    monkeypatch.setattr(fast_paths, "PRESET", "debug")
+    result = fast_paths.run(console, rounds=1)
+    assert result.value is not None and result.ok == (result.value >= fast_paths.TARGET)
+
+
 def test_preset_step_trains_with_the_presets_optimizer() -> None:
     tok, cfg = tokenizer(), resolve("debug", {"train.optimizer": "muon"})
     model = tstool_model(cfg.model, tok.vocab_size, CPU)
