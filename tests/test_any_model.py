@@ -115,6 +115,7 @@ def copy_model(source: Path, target: Path, drop: tuple[str, ...] = ()) -> Path:
 # ---- tokenizers ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gpt2_articles_resolve_to_the_real_ids_from_slow_files_too(gpt2_dir: Path, tmp_path: Path) -> None:
     """The GPT-2 vocab.json + merges.txt as a transformers tokenizer (the files of a slow tokenizer, which
     transformers converts): " a" is 257 and " the" 262, as tstool's own reading of the same files says."""
@@ -157,6 +158,7 @@ def test_diagnose_tokenizer_takes_a_transformers_folder_or_hub_id(
 # ---- the model adapter ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_adapter_gives_transformers_logits_with_and_without_its_cache(arch: str, hf_models: dict[str, Path]) -> None:
     loaded = load_any_model(hf_models[arch])
@@ -185,6 +187,7 @@ def test_the_context_is_the_models_up_to_the_evaluation_cap() -> None:
 # ---- eval, generate and compare on every architecture ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_eval_and_generate_work_on_a_transformers_folder(arch: str, hf_models: dict[str, Path], cli_json) -> None:
     report = cli_json("eval", "--checkpoint", hf_models[arch], "--max-blocks", 8)
@@ -200,6 +203,7 @@ def test_eval_and_generate_work_on_a_transformers_folder(arch: str, hf_models: d
     assert doc["origin"] == "transformers" and doc["samples"][0]["new_tokens"] >= 1
 
 
+@pytest.mark.slow
 def test_a_cached_hub_id_loads_offline(hf_models: dict[str, Path], fake_hub: Callable, cli_json: Callable) -> None:
     model_id = fake_hub(hf_models["gpt2"])
     assert is_transformers(Path(model_id))
@@ -207,6 +211,7 @@ def test_a_cached_hub_id_loads_offline(hf_models: dict[str, Path], fake_hub: Cal
     assert "snapshots" in report["checkpoint"] and report["data"]["seq_len"] == CONTEXT
 
 
+@pytest.mark.slow
 def test_compare_shows_a_run_and_a_transformers_model_side_by_side(
     tiny_run: Path, hf_models: dict[str, Path], cli_json: Callable, cli: Callable, one_thread: None
 ) -> None:
@@ -228,6 +233,7 @@ def test_compare_shows_a_run_and_a_transformers_model_side_by_side(
 # ---- the same numbers through both doors ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_checkpoint_and_its_export_give_the_same_numbers(tiny_run: Path, cli_json: Callable, tmp_path: Path) -> None:
     folder = tmp_path / "exported"
     cli_json("export-hf", "--checkpoint", tiny_run, "--out", folder)

@@ -108,6 +108,7 @@ def test_aten_calls_count_the_article_breakdown() -> None:
     assert 5 <= plain < weighted
 
 
+@pytest.mark.slow
 def test_tstools_side_of_train_vs_hf_computes_hfs_plain_loss_through_any_forward() -> None:
     """At weight 1 tstool's loss is the plain CE that HF's side computes on its logits, whether the
     hidden states come from the model or from a wrapper of it (torch.compile)."""
@@ -126,6 +127,7 @@ def test_naive_loss_is_the_article_weighted_mean() -> None:
     torch.testing.assert_close(loss_overhead.naive_loss(ids, 5.0)(logits, y), (weights * ce).sum() / weights.sum())
 
 
+@pytest.mark.slow
 def test_loss_overhead_runs_end_to_end(console: Console) -> None:
     result = loss_overhead.run(console, rounds={"cpu": 1, "cuda": 1}, batch_size={"cpu": 2, "cuda": 2}, preset="debug")
     assert result.value is not None and result.quartiles is not None
@@ -160,6 +162,7 @@ def test_preset_step_trains_with_the_presets_optimizer() -> None:
     assert not torch.equal(model.layers[0].mlp.down_proj.weight, before)
 
 
+@pytest.mark.slow
 def test_torch_muon_as_compared_makes_tstools_first_update() -> None:
     """The comparison is fair: torch's Muon gets the same parameters, learning rate, decay, momentum and
     update scale, so from the same gradients its first update is tstool's, up to its bf16 Newton-Schulz."""
@@ -195,6 +198,7 @@ def test_mfu_peak_is_the_fastest_layout_of_the_models_products() -> None:
     assert flops in (2 * 8 * 16 * 4, 2 * 4 * 8 * 2) and product().dim() == 2
 
 
+@pytest.mark.slow
 def test_decoding_without_the_cache_gives_the_cached_tokens() -> None:
     tok = tokenizer()
     model = tstool_model(resolve("debug").model, tok.vocab_size, CPU).eval()
@@ -203,6 +207,7 @@ def test_decoding_without_the_cache_gives_the_cached_tokens() -> None:
     assert generate_vs_hf.decode_without_cache(model, prompt, 10, tok.eot_id) == cached[:10]
 
 
+@pytest.mark.slow
 def test_memory_measures_two_steps_of_a_preset() -> None:
     found = memory.measure("debug", None)
     assert found["peak_mb"] >= found["startup_mb"] > 0
