@@ -14,6 +14,7 @@ BENCHMARKS = (
     "train_vs_hf",
     "mfu_cpu",
     "loss_overhead",
+    "logit_adjusted",
     "fast_paths",
     "muon",
     "freed_memory",

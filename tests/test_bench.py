@@ -19,6 +19,7 @@ from bench import (
     fast_paths,
     generate_vs_hf,
     interleaved,
+    logit_adjusted,
     loss_overhead,
     memory,
     mfu_cpu,
@@ -133,6 +134,14 @@ def test_loss_overhead_runs_end_to_end(console: Console) -> None:
     assert result.value is not None and result.quartiles is not None
     assert result.target == loss_overhead.TARGET and result.ok == (result.value <= result.target)
     assert loss_overhead.DEFAULT in console.export_text()
+
+
+@pytest.mark.slow
+def test_logit_adjusted_runs_end_to_end(console: Console) -> None:
+    result = logit_adjusted.run(console, rounds={"cpu": 2, "cuda": 2}, batch_size={"cpu": 2, "cuda": 2})
+    assert result.name == "logit_adjusted" and result.value is not None
+    assert result.target == logit_adjusted.TARGET and result.ok == (result.value <= result.target)
+    assert "logit-adjusted" in console.export_text()
 
 
 def test_fast_paths_without_their_device_are_skipped_not_failed(

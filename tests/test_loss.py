@@ -226,6 +226,18 @@ def test_the_head_loss_forms_the_logits_and_runs_the_reference() -> None:
     assert torch.equal(parts.weighted_sum, reference.weighted_sum) and torch.equal(parts.totals, reference.totals)
 
 
+def test_the_logit_adjusted_head_loss_matches_the_reference() -> None:
+    model = small_model()
+    idx = torch.randint(0, VOCAB, (3, 16))
+    _, targets = batch(shape=(3, 16))
+    adjusted = LossTables.build(weight_table(5.0), tables(5.0).is_article, logit_adjusted=True)
+    parts = loss.HeadLoss(adjusted)(model(idx, head=False), model.lm_head.weight, targets)
+    reference = weighted_cross_entropy(model(idx), targets, adjusted)
+    torch.testing.assert_close(parts.weighted_sum, reference.weighted_sum)
+    torch.testing.assert_close(parts.totals, reference.totals)
+    assert not torch.allclose(parts.weighted_sum, weighted_cross_entropy(model(idx), targets, tables(5.0)).weighted_sum)
+
+
 def test_the_logit_adjusted_loss_is_the_weighted_loss_of_logits_plus_log_w() -> None:
     logits, targets = batch()
     weights = weight_table(5.0)

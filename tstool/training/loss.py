@@ -8,6 +8,7 @@ batches wrongly. With a weight table of ones it is plain cross-entropy through t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -153,7 +154,8 @@ def weighted_cross_entropy(
     """Sums of weighted and plain CE for logits (B, T, V) against targets (B, T).
 
     weighted_sum = sum over kept targets of weight[y] * CE, with CE of the logits plus the tables' logit
-    offset if they have one; targets equal to `ignore_index` count nowhere.
+    offset if they have one; targets equal to `ignore_index` count nowhere. A top-1 hit counts for
+    article targets only, so it is looked for in their rows alone (a few percent of the targets).
     """
     flat_logits = logits.reshape(-1, logits.size(-1)).float()  # (N, V); float32 even when bf16 under autocast
     if tables.logit_offset is not None:
@@ -165,7 +167,9 @@ def weighted_cross_entropy(
     weights = tables.weight[safe_targets] * kept
     with torch.no_grad():
         is_article = tables.is_article[safe_targets]
-        hits = top1_hits(flat_logits, safe_targets) & is_article
+        rows = (is_article & kept).nonzero().squeeze(1)
+        hits = torch.zeros_like(kept)
+        hits[rows] = top1_hits(flat_logits[rows], safe_targets[rows])
         totals = breakdown(ce.detach(), weights, is_article, hits, kept)
     return LossParts(weighted_sum=(weights * ce).sum(), totals=totals)
 
@@ -176,7 +180,11 @@ class HeadLoss:
 
     def __init__(self, tables: LossTables, ignore_index: int = -100) -> None:
         self.tables, self.ignore_index = tables, ignore_index
+        # The logit offset enters as the head's bias, inside its matrix product, instead of as one more
+        # pass over the logits in the loss (`bench loss_overhead`).
+        self._after_head = dataclasses.replace(tables, logit_offset=None)
 
     def __call__(self, hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> LossParts:
         """For hidden states (..., d) and targets of their leading shape, under the caller's autocast."""
-        return weighted_cross_entropy(F.linear(hidden, head_weight), targets, self.tables, self.ignore_index)
+        logits = F.linear(hidden, head_weight, self.tables.logit_offset)
+        return weighted_cross_entropy(logits, targets, self._after_head, self.ignore_index)
