@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from tstool.analysis.calibration import (
-    calibration_sums,
     choose_correction,
     correction_bias,
     correction_stats,
@@ -19,6 +18,7 @@ from tstool.analysis.calibration import (
     parse_correction,
     precision_at_recall,
 )
+from tstool.analysis.evaluate import score_logits
 from tstool.training.loss import LossTables, weighted_cross_entropy
 
 VOCAB = 12
@@ -136,8 +136,8 @@ def test_reliability_of_a_calibrated_model_is_close_and_of_a_weighted_one_is_not
     contexts, targets, _ = source
     _, mask = weights_and_mask()
     plain, weighted = trained["plain"], trained["weighted"]
-    plain_report = calibration_sums(plain[contexts], targets, mask).report()
-    weighted_report = calibration_sums(weighted[contexts], targets, mask).report()
+    plain_report = score_logits(plain[contexts][None], targets[None], mask).calibration.report()
+    weighted_report = score_logits(weighted[contexts][None], targets[None], mask).calibration.report()
     assert plain_report["ece"] < 0.01 < 0.1 < weighted_report["ece"]
     observed = plain_report["observed_article_share"]
     assert plain_report["mean_predicted_mass"] == pytest.approx(observed, abs=0.01)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tstool.analysis.evaluate import score_logits
-from tstool.analysis.probes import DEFAULT_CONTEXTS, SHIFT_MARGIN, ranks_of, slot_probe
+from tstool.analysis.probes import DEFAULT_CONTEXTS, SHIFT_MARGIN, ranks_of, slot_probes
 from tstool.config import ArticleConfig, Config, DataConfig, ModelConfig, resolve
 from tstool.data.articles import resolve_articles
 from tstool.data.packing import load_tokens
@@ -20,6 +20,7 @@ from tstool.data.tokenizer import load_tokenizer
 from tstool.model.llama import TinyLlama
 from tstool.runs import checkpoint as ckpt
 from tstool.runs.metrics_log import read_metrics
+from tstool.training.loss import LossTables, weighted_cross_entropy
 
 ARTICLES = [2, 5]
 VOCAB = 8
@@ -71,6 +72,30 @@ def test_precision_is_undefined_when_no_article_is_predicted() -> None:
     assert m["article_recall"] == 0.0
 
 
+def test_one_pass_scoring_agrees_with_each_quantity_computed_directly() -> None:
+    generator = torch.Generator().manual_seed(0)
+    vocab = 300
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[[7, 11, 99]] = True
+    logits = torch.randn(3, 20, vocab, generator=generator) * 4
+    targets = torch.randint(0, vocab, (3, 20), generator=generator)
+    targets[:, ::4] = 11  # enough article targets
+    sums = score_logits(logits, targets, mask)
+
+    reference = weighted_cross_entropy(logits, targets, LossTables.unweighted(mask))
+    torch.testing.assert_close(sums.loss.totals, reference.totals)
+    torch.testing.assert_close(sums.loss.weighted_sum, reference.weighted_sum)
+    next_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, :-1].flatten(), reduction="sum")
+    after_next = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten(), reduction="sum")
+    torch.testing.assert_close(sums.shift.float(), torch.stack([next_loss, after_next]))
+    probs = logits.flatten(0, 1).softmax(dim=-1)
+    is_article = mask[targets.flatten()]
+    assert float(sums.articles.predicted) == float(mask[probs.argmax(dim=-1)].sum())
+    torch.testing.assert_close(float(sums.articles.mass), float(probs[is_article][:, mask].sum()), rtol=1e-5, atol=0)
+    target_prob = probs.gather(1, targets.flatten()[:, None]).squeeze(1)[is_article].sum()
+    torch.testing.assert_close(float(sums.articles.target_prob), float(target_prob), rtol=1e-5, atol=0)
+
+
 def test_ranks_count_strictly_more_likely_tokens() -> None:
     probs = torch.tensor([0.1, 0.4, 0.2, 0.3])
     assert ranks_of(probs, [1, 3, 2, 0]) == [1, 2, 3, 4]
@@ -81,7 +106,7 @@ def test_slot_probe_reports_every_resolved_article_id() -> None:
     articles = resolve_articles(tok, ArticleConfig())
     torch.manual_seed(0)
     model = TinyLlama(ModelConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, max_seq_len=32), tok.vocab_size)
-    probe = slot_probe(model.eval(), tok, articles, "She saw")
+    probe = slot_probes(model.eval(), tok, articles, ["She saw"])[0]
 
     single = {f.text: f.ids[0] for f in articles.forms if f.single_token}
     assert {a.text: a.token_id for a in probe.articles} == single
@@ -95,6 +120,21 @@ def test_slot_probe_reports_every_resolved_article_id() -> None:
         assert order.index(a.token_id) + 1 == a.rank
     assert probe.article_mass == pytest.approx(float(probs[articles.ids].sum()))
     assert probe.top_prob == pytest.approx(float(probs.max()))
+
+
+def test_slot_probes_of_contexts_of_different_lengths_match_one_at_a_time() -> None:
+    tok = load_tokenizer()
+    articles = resolve_articles(tok, ArticleConfig())
+    torch.manual_seed(0)
+    model = TinyLlama(ModelConfig(d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, max_seq_len=32), tok.vocab_size)
+    contexts = ["She saw", "Once upon a time there was a little", "He"]
+    together = slot_probes(model.eval(), tok, articles, contexts)
+    alone = [slot_probes(model, tok, articles, [c])[0] for c in contexts]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched.context == single.context and batched.top_token == single.top_token
+        assert batched.article_mass == pytest.approx(single.article_mass, rel=1e-5)
+        assert [a.prob for a in batched.articles] == pytest.approx([a.prob for a in single.articles], rel=1e-5)
+    assert together[0].article_mass != pytest.approx(together[1].article_mass)
 
 
 SEQ = 32

@@ -207,18 +207,16 @@ class CalibrationSums:
         }
 
 
-def calibration_sums(logits: torch.Tensor, targets: torch.Tensor, article_mask: torch.Tensor) -> CalibrationSums:
-    """`CalibrationSums` of logits (..., V) against targets (...); article_mask (V,) bool."""
-    flat = logits.reshape(-1, logits.size(-1)).float()
-    flat_targets = targets.reshape(-1)
-    mass = flat.softmax(dim=-1)[:, article_mask].sum(dim=-1)  # (N,)
-    is_article = article_mask[flat_targets].double()
+def calibration_sums(mass: torch.Tensor, is_article: torch.Tensor) -> CalibrationSums:
+    """`CalibrationSums` of positions' total article probability `mass` (N,) against whether their
+    target is an article, `is_article` (N,) bool."""
+    is_article = is_article.double()
     bins = (mass * RELIABILITY_BINS).long().clamp_(max=RELIABILITY_BINS - 1)
-    thresholds = torch.linspace(0, 1, PR_THRESHOLDS, device=flat.device)
+    thresholds = torch.linspace(0, 1, PR_THRESHOLDS, device=mass.device)
     above = (mass[:, None] >= thresholds).double()  # (N, PR_THRESHOLDS)
 
     def per_bin(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(RELIABILITY_BINS, dtype=torch.float64, device=flat.device).index_add_(0, bins, values)
+        return torch.zeros(RELIABILITY_BINS, dtype=torch.float64, device=mass.device).index_add_(0, bins, values)
 
     return CalibrationSums(
         bin_count=per_bin(torch.ones_like(is_article)),

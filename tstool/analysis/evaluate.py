@@ -2,8 +2,9 @@
 
 Numbers (all over the same fixed validation blocks as training's evaluation, see `eval_block_ids`):
 - loss_unweighted, ppl and bpb (bits per byte: loss / ln 2 / bytes per token, comparable across tokenizers);
-- article_loss / other_loss / ratio, from `weighted_cross_entropy` with a weight table of ones;
-- article_precision: of positions whose top-1 prediction is an article token, the share whose target is
+- article_loss / other_loss / ratio, as `weighted_cross_entropy` gives them with a weight table of ones;
+- article_precision: of positions whose top-1 prediction is an article token (an article's logit reaches
+  the row's maximum), the share whose target is
   an article too. "Correct" means *any* article here: precision and recall ask whether the model puts an
   article where one belongs; whether it picks the right one is article_precision_exact / article_acc;
 - article_recall: of article targets, the share whose top-1 prediction is any article;
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from tstool.analysis.calibration import CalibrationSums, Correction, calibration_sums, logit_bias
 from tstool.analysis.probes import DEFAULT_CONTEXTS, ShiftProbe, SlotProbe, shift_sums, shift_verdict, slot_probes
@@ -31,7 +33,7 @@ from tstool.data.corpus import Split, canonical_split
 from tstool.data.packing import Progress, load_tokens, require_blocks
 from tstool.errors import InputError
 from tstool.model.loading import LoadedModel
-from tstool.training.loss import ARTICLE, HITS, LossParts, LossTables, weighted_cross_entropy
+from tstool.training.loss import ARTICLE, HITS, LossParts, breakdown, top1_hits
 from tstool.training.trainer import metrics_from_parts
 
 DEFAULT_MAX_BLOCKS = 256
@@ -51,19 +53,52 @@ class ArticleSums:
         return ArticleSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
-def article_sums(logits: torch.Tensor, targets: torch.Tensor, article_mask: torch.Tensor) -> ArticleSums:
-    """Top-1 and probability sums of logits (..., V) against targets (...); article_mask (V,) bool."""
-    flat = logits.reshape(-1, logits.size(-1)).float()  # (N, V)
-    flat_targets = targets.reshape(-1)  # (N,)
-    predicted = article_mask[flat.argmax(dim=-1)]  # (N,)
-    is_article = article_mask[flat_targets]  # (N,)
-    probs = flat[is_article].softmax(dim=-1)  # (A, V): article targets only, a few percent of rows
-    return ArticleSums(
-        predicted=predicted.sum(),
-        hits=(predicted & is_article).sum(),
-        target_prob=probs.gather(1, flat_targets[is_article, None]).sum(),
-        mass=probs[:, article_mask].sum(),
-    )
+@dataclass
+class Positions:
+    """Per-position numbers of logits (N, V) against targets (N,), read in one pass over the logits (the
+    cross-entropy, from which each row's log-normaliser follows) and one max; the rest gathers from
+    those and the K article columns. Passes over 50k-wide rows, not the model, bound an evaluation."""
+
+    ce: torch.Tensor  # (N,) cross-entropy against the target
+    log_norm: torch.Tensor  # (N,) logsumexp of each row
+    is_article: torch.Tensor  # (N,) bool: the target is an article
+    predicted: torch.Tensor  # (N,) bool: an article's logit reaches the row's maximum (a top-1 article)
+    exact: torch.Tensor  # (N,) bool: an article target's logit is the row's maximum, alone (`top1_hits`)
+    mass: torch.Tensor  # (N,) total article probability
+
+    @classmethod
+    def read(cls, flat: torch.Tensor, targets: torch.Tensor, article_mask: torch.Tensor) -> Positions:
+        best = flat.amax(dim=1)
+        ce = F.cross_entropy(flat, targets, reduction="none")
+        target_logit = flat.gather(1, targets[:, None]).squeeze(1)
+        log_norm = ce + target_logit
+        article_logits = flat[:, article_mask]  # (N, K)
+        is_article = article_mask[targets]
+        # article targets whose logit reaches the row's maximum: a few rows, where ties are looked for
+        reaching = (is_article & (target_logit >= best)).nonzero().squeeze(1)
+        exact = torch.zeros_like(is_article)
+        exact[reaching] = top1_hits(flat[reaching], targets[reaching], best[reaching])
+        return cls(
+            ce=ce,
+            log_norm=log_norm,
+            is_article=is_article,
+            predicted=article_logits.amax(dim=1) >= best,
+            exact=exact,
+            mass=(article_logits - log_norm[:, None]).exp().sum(dim=1),
+        )
+
+    def loss(self) -> LossParts:
+        """The loss sums `weighted_cross_entropy` gives with a weight table of ones."""
+        ones = torch.ones_like(self.ce)
+        return LossParts(self.ce.sum(), breakdown(self.ce, ones, self.is_article, self.exact, ones))
+
+    def articles(self) -> ArticleSums:
+        return ArticleSums(
+            predicted=self.predicted.sum(),
+            hits=(self.predicted & self.is_article).sum(),
+            target_prob=self.ce[self.is_article].neg().exp().sum(),
+            mass=self.mass[self.is_article].sum(),
+        )
 
 
 @dataclass
@@ -120,11 +155,12 @@ class EvalSums:
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tensor) -> EvalSums:
     """Pure: the sums of logits (B, T, V) against next-token targets y (B, T) from `split_block`."""
-    shift, count = shift_sums(logits, y)
+    positions = Positions.read(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), article_mask)
+    shift, count = shift_sums(logits, y, positions.ce.view(y.shape), positions.log_norm.view(y.shape))
     return EvalSums(
-        loss=weighted_cross_entropy(logits, y, LossTables.unweighted(article_mask)),
-        articles=article_sums(logits, y, article_mask),
-        calibration=calibration_sums(logits, y, article_mask),
+        loss=positions.loss(),
+        articles=positions.articles(),
+        calibration=calibration_sums(positions.mass, positions.is_article),
         shift=shift,
         shift_count=count,
     )
@@ -204,7 +240,8 @@ def evaluate(
         part = score_logits(logits if bias is None else logits + bias, y, mask)
         sums = part if sums is None else sums + part
         if bias is not None:
-            raw_part = calibration_sums(logits, y, mask)
+            raw = Positions.read(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), mask)
+            raw_part = calibration_sums(raw.mass, raw.is_article)
             raw_calibration = raw_part if raw_calibration is None else raw_calibration + raw_part
         if progress:
             progress(min(start + batch, len(block_ids)), len(block_ids))

@@ -58,13 +58,19 @@ class SlotProbe:
         return asdict(self)
 
 
-def next_token_probs(model: LanguageModel, ids: Sequence[int]) -> torch.Tensor:
-    """Probabilities (V,) of the token after `ids`, on the model's device, in float32."""
-    device = model_device(model)
-    ids = list(ids)[-model.cfg.max_seq_len :]
+def next_token_probs(model: LanguageModel, contexts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Probabilities (C, V) of the token after each context of IDs, in one forward pass, float32.
+
+    The contexts are padded on the right to a common length: in a causal model a position never sees
+    the ones after it, so each context's last position is unchanged by the padding."""
+    crops = [list(ids)[-model.cfg.max_seq_len :] for ids in contexts]
+    lengths = torch.tensor([len(ids) for ids in crops])
+    idx = torch.zeros(len(crops), int(lengths.max()), dtype=torch.long)
+    for row, ids in enumerate(crops):
+        idx[row, : len(ids)] = torch.tensor(ids)
     with torch.no_grad():
-        logits = model(torch.tensor([ids], dtype=torch.long, device=device))[0, -1]
-    return logits.float().softmax(dim=-1)
+        logits = model(idx.to(model_device(model)))  # (C, T, V)
+    return logits[torch.arange(len(crops)), lengths - 1].float().softmax(dim=-1)
 
 
 def ranks_of(probs: torch.Tensor, token_ids: Sequence[int]) -> list[int]:
@@ -73,9 +79,8 @@ def ranks_of(probs: torch.Tensor, token_ids: Sequence[int]) -> list[int]:
     return ((probs[None, :] > chosen[:, None]).sum(dim=-1) + 1).tolist()
 
 
-def slot_probe(model: LanguageModel, tokenizer: TextTokenizer, articles: ArticleSet, context: str) -> SlotProbe:
-    """Article probabilities after `context`, which follows <|endoftext|> as every story does in training."""
-    probs = next_token_probs(model, [tokenizer.eot_id, *tokenizer.encode(context)])
+def slot_probe(probs: torch.Tensor, context: str, tokenizer: TextTokenizer, articles: ArticleSet) -> SlotProbe:
+    """The slot probe of the next-token probabilities (V,) after `context`."""
     forms = [f for f in articles.forms if f.single_token]
     ids = [f.ids[0] for f in forms]
     ranks = ranks_of(probs, ids)
@@ -95,20 +100,28 @@ def slot_probe(model: LanguageModel, tokenizer: TextTokenizer, articles: Article
 def slot_probes(
     model: LanguageModel, tokenizer: TextTokenizer, articles: ArticleSet, contexts: Sequence[str] = DEFAULT_CONTEXTS
 ) -> list[SlotProbe]:
-    return [slot_probe(model, tokenizer, articles, c) for c in contexts]
+    """Article probabilities after each context, which follows <|endoftext|> as every story does in
+    training; all contexts in one forward pass."""
+    if not contexts:
+        return []
+    probs = next_token_probs(model, [[tokenizer.eot_id, *tokenizer.encode(c)] for c in contexts])
+    return [slot_probe(p, c, tokenizer, articles) for p, c in zip(probs, contexts, strict=True)]
 
 
 # -- shift probe -----------------------------------------------------------------------------------
-def shift_sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+def shift_sums(
+    logits: torch.Tensor, y: torch.Tensor, next_loss: torch.Tensor, log_norm: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """CE sums (2,) of logits (B, T, V) against the next and the after-next token, and their count.
 
     y (B, T) are `split_block`'s next-token targets; y[:, 1:] is the token after next, a target
-    misaligned on purpose for this probe only. Positions 0..T-2 serve both, so the sums compare like
-    for like.
+    misaligned on purpose for this probe only. `next_loss` (B, T) is the CE against y and `log_norm`
+    (B, T) each row's logsumexp, which the caller has already: the after-next CE is log_norm minus the
+    after-next token's logit. Positions 0..T-2 serve both, so the sums compare like for like.
     """
-    logp = logits[:, :-1].reshape(-1, logits.size(-1)).float().log_softmax(dim=-1)  # (N, V), N = B*(T-1)
-    targets = torch.stack([y[:, :-1].reshape(-1), y[:, 1:].reshape(-1)], dim=1)  # (N, 2): next, after next
-    return -logp.gather(1, targets).sum(dim=0), logp.size(0)
+    after_next_logit = logits[:, :-1].gather(2, y[:, 1:, None]).squeeze(2).float()  # (B, T-1)
+    after_next_loss = log_norm[:, :-1] - after_next_logit
+    return torch.stack([next_loss[:, :-1].sum(), after_next_loss.sum()]), after_next_loss.numel()
 
 
 @dataclass(frozen=True)

@@ -129,12 +129,13 @@ class LossParts:
         }
 
 
-def top1_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def top1_hits(logits: torch.Tensor, targets: torch.Tensor, best: torch.Tensor | None = None) -> torch.Tensor:
     """Whether each row's target logit is the row's maximum and no other logit reaches it; (N,) bool.
+    `best` (N,) is each row's maximum where the caller has it.
 
     That is argmax == target except on exact ties, which count as misses: bf16 logits tie often enough
     to matter, and argmax would break them by token order."""
-    best = logits.amax(dim=-1)  # (N,)
+    best = logits.amax(dim=-1) if best is None else best  # (N,)
     alone = (logits == best[:, None]).sum(dim=-1) == 1
     return (logits.gather(1, targets[:, None]).squeeze(1) == best) & alone
 
