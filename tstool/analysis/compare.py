@@ -158,7 +158,7 @@ class RunResult:
             "context_divergence": score.contexts.value if score else None,
             "slot_article_mass": self.slot_article_mass,
             "slot_p_a": self.slot_p_a,
-            "step": self.report.step if self.origin == "tstool" else None,
+            "step": self.report.step,
             "tokens_trained": last_train.get("tokens"),
             "wall_time_s": training_time(self.curves.train),
         }

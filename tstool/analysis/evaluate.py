@@ -177,7 +177,8 @@ def check_split(split: str) -> Split:
 @dataclass(frozen=True)
 class EvalReport:
     checkpoint: str
-    step: int
+    model: str  # which model this is, in words (`LoadedModel.describe`)
+    step: int | None  # the training step read; None for a model tstool did not train
     article_weight: float  # what the model was trained with, for reading the ratio
     data: dict[str, Any]  # source, split, stories, tokens, bytes_per_token, blocks, seq_len
     article_forms: list[dict[str, Any]]  # text and token ID of each single-token form
@@ -248,7 +249,8 @@ def evaluate(
     assert sums is not None  # require_blocks guarantees at least one block
     return EvalReport(
         checkpoint=str(loaded.path),
-        step=loaded.step,
+        model=loaded.describe(),
+        step=loaded.step if loaded.origin == "tstool" else None,
         article_weight=loaded.config.train.article_weight,
         data={
             "source": _source(data),

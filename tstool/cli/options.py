@@ -39,7 +39,11 @@ Checkpoint = Annotated[
 ]
 RunTokenizer = Annotated[
     Optional[Path],
-    typer.Option("--tokenizer", help="The run's tokenizer.json, when it is not next to the checkpoint."),
+    typer.Option(
+        "--tokenizer",
+        help="A tstool run's tokenizer.json, when it is not in the run folder (a transformers model brings its "
+        "own). Example: --tokenizer runs/w5/tokenizer.json",
+    ),
 ]
 Correction = Annotated[
     str,

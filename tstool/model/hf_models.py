@@ -70,7 +70,7 @@ def _transformers() -> Any:
         import transformers
     except ImportError:
         raise CheckpointError(
-            "loading a transformers model needs the transformers package: pip install transformers"
+            "loading a transformers model needs the transformers package: pip install 'tstool[hf]' (or transformers)"
         ) from None
     return transformers
 

@@ -63,9 +63,12 @@ def render_eval(console: Console, report: EvalReport) -> None:
     d, m = report.data, report.metrics
     console.print(
         Text.assemble(
-            "Checkpoint ",
-            (report.checkpoint, "bold"),
-            f" · step {report.step:,} · {d['source']} ({d['split']}) · "
+            *(
+                ("Checkpoint ", (report.checkpoint, "bold"), f" · step {report.step:,}")
+                if report.step is not None
+                else ("Model ", (report.model, "bold"))
+            ),
+            f" · {d['source']} ({d['split']}) · "
             f"{d['blocks']:,} blocks × {d['seq_len']} of {d['tokens']:,} tokens · "
             f"{d['bytes_per_token']:.2f} bytes/token",
         )
