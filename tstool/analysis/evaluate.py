@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from tstool.analysis.calibration import CalibrationSums, Correction, calibration_sums, logit_bias
 from tstool.analysis.probes import DEFAULT_CONTEXTS, ShiftProbe, SlotProbe, shift_sums, shift_verdict, slot_probes
@@ -55,10 +54,11 @@ class ArticleSums:
 
 @dataclass
 class Positions:
-    """Per-position numbers of logits (N, V) against targets (N,), read in one pass over the logits (the
-    cross-entropy, from which each row's log-normaliser follows) and one max; the rest gathers from
-    those and the K article columns. Passes over 50k-wide rows, not the model, bound an evaluation."""
+    """Per-position numbers of logits (N, V) against targets (N,), from one max and one log-softmax over
+    the logits; the rest gathers from those and the K article columns. Passes over 50k-wide rows, not
+    the model, bound an evaluation (docs/performance.md, `eval_vs_hf`)."""
 
+    log_probs: torch.Tensor  # (N, V), in the logits' own buffer
     ce: torch.Tensor  # (N,) cross-entropy against the target
     log_norm: torch.Tensor  # (N,) logsumexp of each row
     is_article: torch.Tensor  # (N,) bool: the target is an article
@@ -68,17 +68,21 @@ class Positions:
 
     @classmethod
     def read(cls, flat: torch.Tensor, targets: torch.Tensor, article_mask: torch.Tensor) -> Positions:
+        """Overwrites the float32 logits `flat` with their log-probabilities: a second buffer the size of
+        the logits, as `F.cross_entropy` allocates, costs a CPU about 4% of an evaluation."""
         best = flat.amax(dim=1)
-        ce = F.cross_entropy(flat, targets, reduction="none")
         target_logit = flat.gather(1, targets[:, None]).squeeze(1)
-        log_norm = ce + target_logit
-        article_logits = flat[:, article_mask]  # (N, K)
+        article_logits = flat[:, article_mask]  # (N, K), a copy
         is_article = article_mask[targets]
         # article targets whose logit reaches the row's maximum: a few rows, where ties are looked for
         reaching = (is_article & (target_logit >= best)).nonzero().squeeze(1)
         exact = torch.zeros_like(is_article)
         exact[reaching] = top1_hits(flat[reaching], targets[reaching], best[reaching])
+        log_probs = torch.log_softmax(flat, dim=1, out=flat)
+        ce = log_probs.gather(1, targets[:, None]).squeeze(1).neg()
+        log_norm = target_logit + ce
         return cls(
+            log_probs=log_probs,
             ce=ce,
             log_norm=log_norm,
             is_article=is_article,
@@ -154,9 +158,10 @@ class EvalSums:
 
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tensor) -> EvalSums:
-    """Pure: the sums of logits (B, T, V) against next-token targets y (B, T) from `split_block`."""
+    """The sums of logits (B, T, V) against next-token targets y (B, T) from `split_block`. Float32
+    logits are overwritten with their log-probabilities (`Positions.read`); pass a copy to keep them."""
     positions = Positions.read(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), article_mask)
-    shift, count = shift_sums(logits, y, positions.ce.view(y.shape), positions.log_norm.view(y.shape))
+    shift, count = shift_sums(positions.log_probs.view(*y.shape, -1), y)
     return EvalSums(
         loss=positions.loss(),
         articles=positions.articles(),

@@ -109,19 +109,17 @@ def slot_probes(
 
 
 # -- shift probe -----------------------------------------------------------------------------------
-def shift_sums(
-    logits: torch.Tensor, y: torch.Tensor, next_loss: torch.Tensor, log_norm: torch.Tensor
-) -> tuple[torch.Tensor, int]:
-    """CE sums (2,) of logits (B, T, V) against the next and the after-next token, and their count.
+def shift_sums(log_probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """CE sums (2,) of log-probabilities (B, T, V) against the next and the after-next token, and their
+    count.
 
     y (B, T) are `split_block`'s next-token targets; y[:, 1:] is the token after next, a target
-    misaligned on purpose for this probe only. `next_loss` (B, T) is the CE against y and `log_norm`
-    (B, T) each row's logsumexp, which the caller has already: the after-next CE is log_norm minus the
-    after-next token's logit. Positions 0..T-2 serve both, so the sums compare like for like.
+    misaligned on purpose for this probe only. Positions 0..T-2 serve both, so the sums compare like
+    for like.
     """
-    after_next_logit = logits[:, :-1].gather(2, y[:, 1:, None]).squeeze(2).float()  # (B, T-1)
-    after_next_loss = log_norm[:, :-1] - after_next_logit
-    return torch.stack([next_loss[:, :-1].sum(), after_next_loss.sum()]), after_next_loss.numel()
+    targets = torch.stack([y[:, :-1], y[:, 1:]], dim=2)  # (B, T-1, 2): next, after next
+    losses = -log_probs[:, :-1].gather(2, targets).float()  # (B, T-1, 2)
+    return losses.sum(dim=(0, 1)), losses.size(0) * losses.size(1)
 
 
 @dataclass(frozen=True)
