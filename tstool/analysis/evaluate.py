@@ -3,10 +3,10 @@
 Numbers (all over the same fixed validation blocks as training's evaluation, see `eval_block_ids`):
 - loss_unweighted, ppl and bpb (bits per byte: loss / ln 2 / bytes per token, comparable across tokenizers);
 - article_loss / other_loss / ratio, as `weighted_cross_entropy` gives them with a weight table of ones;
-- article_precision: of positions whose top-1 prediction is an article token (an article's logit reaches
-  the row's maximum), the share whose target is
-  an article too. "Correct" means *any* article here: precision and recall ask whether the model puts an
-  article where one belongs; whether it picks the right one is article_precision_exact / article_acc;
+- article_precision: of positions whose top-1 prediction is an article token (an article's logit
+  reaches the row's maximum), the share whose target is an article too. "Correct" means *any* article
+  here: precision and recall ask whether the model puts an article where one belongs; whether it picks
+  the right one is article_precision_exact / article_acc;
 - article_recall: of article targets, the share whose top-1 prediction is any article;
 - article_acc: of article targets, the share whose top-1 prediction is exactly the target token (its
   logit above every other; an exact tie for the top is a miss);
@@ -67,9 +67,11 @@ class Positions:
     mass: torch.Tensor  # (N,) total article probability
 
     @classmethod
-    def read(cls, flat: torch.Tensor, targets: torch.Tensor, article_mask: torch.Tensor) -> Positions:
-        """Overwrites the float32 logits `flat` with their log-probabilities: a second buffer the size of
-        the logits, as `F.cross_entropy` allocates, costs a CPU about 4% of an evaluation."""
+    def read(cls, logits: torch.Tensor, targets: torch.Tensor, article_mask: torch.Tensor) -> Positions:
+        """Of logits (..., V) against targets (...). Float32 logits are overwritten with their
+        log-probabilities: a second buffer the size of the logits, as `F.cross_entropy` allocates, costs
+        a CPU about 4% of an evaluation (`bench eval_vs_hf`)."""
+        flat, targets = logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)  # (N, V), (N,)
         best = flat.amax(dim=1)
         target_logit = flat.gather(1, targets[:, None]).squeeze(1)
         article_logits = flat[:, article_mask]  # (N, K), a copy
@@ -160,7 +162,7 @@ class EvalSums:
 def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tensor) -> EvalSums:
     """The sums of logits (B, T, V) against next-token targets y (B, T) from `split_block`. Float32
     logits are overwritten with their log-probabilities (`Positions.read`); pass a copy to keep them."""
-    positions = Positions.read(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), article_mask)
+    positions = Positions.read(logits, y, article_mask)
     shift, count = shift_sums(positions.log_probs.view(*y.shape, -1), y)
     return EvalSums(
         loss=positions.loss(),
@@ -246,7 +248,7 @@ def evaluate(
         part = score_logits(logits if bias is None else logits + bias, y, mask)
         sums = part if sums is None else sums + part
         if bias is not None:
-            raw = Positions.read(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), mask)
+            raw = Positions.read(logits, y, mask)
             raw_part = calibration_sums(raw.mass, raw.is_article)
             raw_calibration = raw_part if raw_calibration is None else raw_calibration + raw_part
         if progress:
