@@ -76,10 +76,8 @@ class Positions:
         target_logit = flat.gather(1, targets[:, None]).squeeze(1)
         article_logits = flat[:, article_mask]  # (N, K), a copy
         is_article = article_mask[targets]
-        # article targets whose logit reaches the row's maximum: a few rows, where ties are looked for
-        reaching = (is_article & (target_logit >= best)).nonzero().squeeze(1)
-        exact = torch.zeros_like(is_article)
-        exact[reaching] = top1_hits(flat[reaching], targets[reaching], best[reaching])
+        # ties are looked for only where an article target's logit reaches the row's maximum: a few rows
+        exact = top1_hits(flat, targets, rows=is_article & (target_logit >= best), best=best)
         log_probs = torch.log_softmax(flat, dim=1, out=flat)
         ce = log_probs.gather(1, targets[:, None]).squeeze(1).neg()
         log_norm = target_logit + ce

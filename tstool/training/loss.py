@@ -129,12 +129,20 @@ class LossParts:
         }
 
 
-def top1_hits(logits: torch.Tensor, targets: torch.Tensor, best: torch.Tensor | None = None) -> torch.Tensor:
+def top1_hits(
+    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None, best: torch.Tensor | None = None
+) -> torch.Tensor:
     """Whether each row's target logit is the row's maximum and no other logit reaches it; (N,) bool.
-    `best` (N,) is each row's maximum where the caller has it.
+    With `rows` (N,) bool, only those rows are read (the others are misses); `best` (N,) is each row's
+    maximum where the caller has it.
 
     That is argmax == target except on exact ties, which count as misses: bf16 logits tie often enough
     to matter, and argmax would break them by token order."""
+    if rows is not None:  # a host sync: not for code captured in a CUDA graph
+        picked = rows.nonzero().squeeze(1)
+        hits = torch.zeros_like(rows)
+        hits[picked] = top1_hits(logits[picked], targets[picked], best=None if best is None else best[picked])
+        return hits
     best = logits.amax(dim=-1) if best is None else best  # (N,)
     alone = (logits == best[:, None]).sum(dim=-1) == 1
     return (logits.gather(1, targets[:, None]).squeeze(1) == best) & alone
@@ -168,9 +176,7 @@ def weighted_cross_entropy(
     weights = tables.weight[safe_targets] * kept
     with torch.no_grad():
         is_article = tables.is_article[safe_targets]
-        rows = (is_article & kept).nonzero().squeeze(1)
-        hits = torch.zeros_like(kept)
-        hits[rows] = top1_hits(flat_logits[rows], safe_targets[rows])
+        hits = top1_hits(flat_logits, safe_targets, rows=is_article & kept)
         totals = breakdown(ce.detach(), weights, is_article, hits, kept)
     return LossParts(weighted_sum=(weights * ce).sum(), totals=totals)
 
@@ -182,7 +188,7 @@ class HeadLoss:
     def __init__(self, tables: LossTables, ignore_index: int = -100) -> None:
         self.tables, self.ignore_index = tables, ignore_index
         # The logit offset enters as the head's bias, inside its matrix product, instead of as one more
-        # pass over the logits in the loss (`bench loss_overhead`).
+        # pass over the logits in the loss (`bench logit_adjusted`).
         self._after_head = dataclasses.replace(tables, logit_offset=None)
 
     def __call__(self, hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor) -> LossParts:
