@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tstool.analysis.evaluate import score_logits
-from tstool.analysis.probes import DEFAULT_CONTEXTS, SHIFT_MARGIN, ranks_of, slot_probes
+from tstool.analysis.probes import DEFAULT_CONTEXTS, SHIFT_MARGIN, ranks_of, shift_verdict, slot_probes
 from tstool.config import ArticleConfig, Config, DataConfig, ModelConfig, resolve
 from tstool.data.articles import resolve_articles
 from tstool.data.packing import load_tokens
@@ -85,9 +85,10 @@ def test_one_pass_scoring_agrees_with_each_quantity_computed_directly() -> None:
     reference = weighted_cross_entropy(logits, targets, LossTables.unweighted(mask))
     torch.testing.assert_close(sums.loss.totals, reference.totals)
     torch.testing.assert_close(sums.loss.weighted_sum, reference.weighted_sum)
-    next_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, :-1].flatten(), reduction="sum")
-    after_next = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten(), reduction="sum")
-    torch.testing.assert_close(sums.shift.float(), torch.stack([next_loss, after_next]))
+    for block in range(3):  # the shift probe's per-block losses
+        next_loss = F.cross_entropy(logits[block, :-1], targets[block, :-1])
+        after_next = F.cross_entropy(logits[block, :-1], targets[block, 1:])
+        torch.testing.assert_close(sums.shift[block], torch.stack([next_loss, after_next]))
     probs = logits.flatten(0, 1).softmax(dim=-1)
     is_article = mask[targets.flatten()]
     assert float(sums.articles.predicted) == float(mask[probs.argmax(dim=-1)].sum())
@@ -192,6 +193,24 @@ def test_shift_probe_flags_a_model_trained_on_double_shifted_labels(
     # well clear of the margin, so the verdict does not hinge on noise
     gap = probe["after_next_loss"] - probe["next_loss"]
     assert abs(gap) > 3 * SHIFT_MARGIN and (gap > 0) is (shift == 1)
+    assert probe["gap"]["blocks"] == report["data"]["blocks"] and (probe["gap"]["low"] > 0 or probe["gap"]["high"] < 0)
+
+
+@pytest.mark.parametrize(
+    ("gaps", "verdict"),
+    [
+        ([-0.4, 0.2], "inconclusive"),  # a weak model's two blocks: the mean is past the margin, by noise
+        ([-0.12, -0.09, -0.11, -0.1, -0.08, -0.1], "misaligned"),
+        ([0.12, 0.09, 0.11, 0.1, 0.08, 0.1], "aligned"),
+        ([0.03, 0.02, 0.04, 0.03], "inconclusive"),  # consistent, but inside the margin
+        ([-0.5], "inconclusive"),  # one block has no spread to measure
+    ],
+)
+def test_a_shift_verdict_needs_a_gap_past_the_margin_whose_interval_excludes_zero(gaps: list, verdict: str) -> None:
+    next_loss = torch.full((len(gaps),), 6.0)
+    probe = shift_verdict(torch.stack([next_loss, next_loss + torch.tensor(gaps)], dim=1), tokens=31 * len(gaps))
+    assert probe.verdict == verdict and probe.ok is (verdict != "misaligned")
+    assert probe.gap.mean == pytest.approx(sum(gaps) / len(gaps), abs=1e-6)
 
 
 def test_eval_json_on_a_trained_run(eval_runs: Callable[[str], Path], cli_json: Callable, cli: Callable) -> None:

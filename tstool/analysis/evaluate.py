@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from tstool.analysis.calibration import CalibrationSums, Correction, calibration_sums, logit_bias
-from tstool.analysis.probes import DEFAULT_CONTEXTS, ShiftProbe, SlotProbe, shift_sums, shift_verdict, slot_probes
+from tstool.analysis.probes import DEFAULT_CONTEXTS, ShiftProbe, SlotProbe, shift_losses, shift_verdict, slot_probes
 from tstool.config import DataConfig
 from tstool.data.articles import resolve_articles
 from tstool.data.batches import eval_block_ids, gather_blocks, split_block
@@ -112,15 +112,15 @@ class EvalSums:
     loss: LossParts
     articles: ArticleSums
     calibration: CalibrationSums
-    shift: torch.Tensor  # (2,) CE sums against the next and the after-next token
-    shift_count: int
+    shift: torch.Tensor  # (blocks, 2) mean CE of each block against the next and the after-next token
+    shift_count: int  # positions
 
     def __add__(self, other: EvalSums) -> EvalSums:
         return EvalSums(
             self.loss + other.loss,
             self.articles + other.articles,
             self.calibration + other.calibration,
-            self.shift + other.shift,
+            torch.cat([self.shift, other.shift]),
             self.shift_count + other.shift_count,
         )
 
@@ -153,21 +153,19 @@ class EvalSums:
         }
 
     def shift_probe(self) -> ShiftProbe:
-        next_loss, after_next_loss = (self.shift / self.shift_count).tolist()
-        return shift_verdict(next_loss, after_next_loss, self.shift_count)
+        return shift_verdict(self.shift, self.shift_count)
 
 
 def score_logits(logits: torch.Tensor, y: torch.Tensor, article_mask: torch.Tensor) -> EvalSums:
     """The sums of logits (B, T, V) against next-token targets y (B, T) from `split_block`. Float32
     logits are overwritten with their log-probabilities (`Positions.read`); pass a copy to keep them."""
     positions = Positions.read(logits, y, article_mask)
-    shift, count = shift_sums(positions.log_probs.view(*y.shape, -1), y)
     return EvalSums(
         loss=positions.loss(),
         articles=positions.articles(),
         calibration=calibration_sums(positions.mass, positions.is_article),
-        shift=shift,
-        shift_count=count,
+        shift=shift_losses(positions.log_probs.view(*y.shape, -1), y),
+        shift_count=y.size(0) * (y.size(1) - 1),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from tstool.analysis.statistics import Estimate, t_interval
 from tstool.data.articles import ArticleSet
 from tstool.data.tokenizer import TextTokenizer
 from tstool.model.loading import LanguageModel, model_device
@@ -31,7 +32,8 @@ DEFAULT_CONTEXTS: tuple[str, ...] = (
     "Once upon a time, in",
 )
 # Losses closer than this (nats per token) are too close to call: an untrained model scores every
-# offset near ln(vocab), so a tiny gap says nothing about how it was trained.
+# offset near ln(vocab), so a tiny gap says nothing about how it was trained. A verdict also needs the
+# gap's 95% interval over blocks to exclude zero: a few blocks of a weak model differ by noise alone.
 SHIFT_MARGIN = 0.05
 ShiftVerdict = Literal["aligned", "misaligned", "inconclusive"]
 
@@ -109,23 +111,22 @@ def slot_probes(
 
 
 # -- shift probe -----------------------------------------------------------------------------------
-def shift_sums(log_probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """CE sums (2,) of log-probabilities (B, T, V) against the next and the after-next token, and their
-    count.
+def shift_losses(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-block mean CE (B, 2) of log-probabilities (B, T, V) against the next and the after-next token.
 
     y (B, T) are `split_block`'s next-token targets; y[:, 1:] is the token after next, a target
-    misaligned on purpose for this probe only. Positions 0..T-2 serve both, so the sums compare like
-    for like.
+    misaligned on purpose for this probe only. Positions 0..T-2 serve both, so the two compare like
+    for like. Blocks, not positions, are the probe's samples: neighbouring positions are not independent.
     """
     targets = torch.stack([y[:, :-1], y[:, 1:]], dim=2)  # (B, T-1, 2): next, after next
-    losses = -log_probs[:, :-1].gather(2, targets).float()  # (B, T-1, 2)
-    return losses.sum(dim=(0, 1)), losses.size(0) * losses.size(1)
+    return -log_probs[:, :-1].gather(2, targets).float().mean(dim=1)
 
 
 @dataclass(frozen=True)
 class ShiftProbe:
     next_loss: float  # mean CE against the next token: what training optimises
     after_next_loss: float  # mean CE against the token after next
+    gap: Estimate  # after_next_loss - next_loss, with its 95% interval over blocks
     tokens: int
     verdict: ShiftVerdict
     message: str
@@ -135,30 +136,36 @@ class ShiftProbe:
         return self.verdict != "misaligned"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "margin": SHIFT_MARGIN}
+        return {**asdict(self), "gap": self.gap.to_dict(unit="blocks"), "margin": SHIFT_MARGIN}
 
 
-def shift_verdict(next_loss: float, after_next_loss: float, tokens: int) -> ShiftProbe:
-    """Misaligned when the token after next is predicted better by more than SHIFT_MARGIN, aligned when
-    the next token is by more than it, inconclusive in between."""
-    gap = after_next_loss - next_loss
-    if gap < -SHIFT_MARGIN:
+def shift_verdict(block_losses: torch.Tensor, tokens: int) -> ShiftProbe:
+    """Of per-block losses (B, 2) from `shift_losses`. Misaligned when the token after next is predicted
+    better by more than SHIFT_MARGIN and the interval of the gap lies below zero; aligned in the mirror
+    case; inconclusive otherwise."""
+    next_loss, after_next_loss = block_losses.mean(dim=0).tolist()
+    gap = t_interval((block_losses[:, 1] - block_losses[:, 0]).tolist())
+    losses = f"loss against the next token ({next_loss:.3f}) and the token after next ({after_next_loss:.3f})"
+    if gap.high is not None and gap.mean < -SHIFT_MARGIN and gap.high < 0:
         verdict: ShiftVerdict = "misaligned"
         message = (
             f"loss against the token after next ({after_next_loss:.3f}) is lower than against the next token "
-            f"({next_loss:.3f}): the model was trained on labels shifted twice (the double-shift bug); "
-            "shift labels exactly once and retrain"
+            f"({next_loss:.3f}), gap {gap.text()}: the model was trained on labels shifted twice (the "
+            "double-shift bug); shift labels exactly once and retrain"
         )
-    elif gap <= SHIFT_MARGIN:
-        verdict = "inconclusive"
-        message = (
-            f"loss against the next token ({next_loss:.3f}) and the token after next ({after_next_loss:.3f}) "
-            f"differ by less than {SHIFT_MARGIN}: the model is too weak to tell how its labels were aligned"
-        )
-    else:
+    elif gap.low is not None and gap.mean > SHIFT_MARGIN and gap.low > 0:
         verdict = "aligned"
         message = (
-            f"loss against the next token ({next_loss:.3f}) is {gap:.3f} below the token after next "
+            f"loss against the next token ({next_loss:.3f}) is {gap.text()} below the token after next "
             f"({after_next_loss:.3f}): labels were aligned"
         )
-    return ShiftProbe(next_loss, after_next_loss, tokens, verdict, message)
+    elif abs(gap.mean) <= SHIFT_MARGIN:
+        verdict = "inconclusive"
+        message = f"{losses} differ by less than {SHIFT_MARGIN}: the model is too weak to tell how its labels align"
+    else:
+        verdict = "inconclusive"
+        message = (
+            f"{losses} differ by {gap.text()} over {gap.n} blocks, an interval that covers zero: "
+            "evaluate more blocks (--max-blocks) to tell how its labels were aligned"
+        )
+    return ShiftProbe(next_loss, after_next_loss, gap, tokens, verdict, message)

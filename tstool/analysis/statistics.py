@@ -27,15 +27,15 @@ class Estimate:
     mean: float
     low: float | None
     high: float | None
-    n: int  # seeds
+    n: int  # samples: seeds, or the shift probe's blocks
 
     def covers(self, value: float) -> bool | None:
         if self.low is None or self.high is None:
             return None
         return self.low <= value <= self.high
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "seeds": self.n}
+    def to_dict(self, unit: str = "seeds") -> dict[str, Any]:
+        return {"mean": self.mean, "low": self.low, "high": self.high, unit: self.n}
 
     def text(self, fmt: str = ".3f") -> str:
         if self.low is None or self.high is None:
