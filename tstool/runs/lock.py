@@ -22,7 +22,9 @@ from tstool.errors import InputError, RunLocked
 
 LOCK_FILE = ".lock"
 ATTEMPTS = 20  # each lost race (the file deleted or replaced between open and flock) costs one
-HOLDER_WAIT_S = 1.0  # a holder writes its details just after locking: wait that long to read them
+# A holder writes its details just after locking; a refused start waits up to this long to read them
+# (a loaded machine can deschedule the holder for a second).
+HOLDER_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
