@@ -124,8 +124,8 @@ def render_eval(console: Console, report: EvalReport) -> None:
     console.print(
         Text.assemble(
             ("Shift probe", "bold"),
-            f" over {shift.tokens:,} positions: loss against the next token {_num(shift.next_loss)}, "
-            f"against the token after next {_num(shift.after_next_loss)}",
+            f" over {shift.tokens:,} positions in {shift.gap.n:,} blocks: loss against the next token "
+            f"{_num(shift.next_loss)}, against the token after next {_num(shift.after_next_loss)}",
         )
     )
     console.print(Text.assemble((f"{shift.verdict}: ", VERDICT_STYLE[shift.verdict]), shift.message))
