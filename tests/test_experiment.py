@@ -3,13 +3,15 @@ reuses them; the statistics the report rests on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tstool.analysis.experiment import plan_runs, run_action, run_config
+from tstool.analysis.calibration import Correction
+from tstool.analysis.experiment import ArmKey, Measured, plan_runs, run_action, run_config, summarise
 from tstool.analysis.statistics import bootstrap_rate, bootstrap_rate_difference, direction, t_interval
 from tstool.config import resolve
 from tstool.errors import ConfigError
@@ -96,6 +98,20 @@ def test_intervals_cover_the_truth_and_say_no_clear_difference_when_they_cover_z
     assert same.mean == 0.0 and direction(same) == "no clear difference"
     more = bootstrap_rate_difference([[(a + 5, w) for a, w in seed] for seed in stories], stories)
     assert more.low > 4.0 and direction(more) == "higher"
+
+
+def test_the_verdict_against_the_reference_counts_the_references_own_sampling_error() -> None:
+    # Stories go on with 4 or 13 articles per 100 words (8.5 pooled). A model writing 9 in every story
+    # of five seeds has no spread of its own, yet 48 such stories cannot tell 9 from 8.5.
+    reference = [(4, 100), (13, 100)] * 24
+    faithful = [Measured(ArmKey(1.0, "baseline"), seed, "w1", Correction(0.0, "none"), {"article_recall": 0.5},
+                         [], [], [(9, 100)] * 48, "") for seed in range(5)]  # fmt: skip
+    [summary] = summarise(faithful, reference)
+    assert summary.estimates["generated_rate"].covers(8.5) is False  # the model's interval alone excludes it
+    assert summary.against_reference.mean == pytest.approx(0.5)
+    assert summary.verdicts["generated_rate_vs_reference"] == "consistent with the corpus"
+    doubled = [dataclasses.replace(m, stories=[(18, 100)] * 48) for m in faithful]
+    assert summarise(doubled, reference)[0].verdicts["generated_rate_vs_reference"] == "above the corpus"
 
 
 @pytest.mark.parametrize(

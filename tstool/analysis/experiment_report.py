@@ -133,7 +133,9 @@ def conclusions(result: ExperimentResult) -> list[str]:
         rate = summary.estimates["generated_rate"]
         lines.append(
             f"{summary.key.label}: writes {rate.text('.2f')} articles per 100 words at T = 1 against "
-            f"{result.reference.mean:.2f} in the held-out stories: {summary.verdicts['generated_rate_vs_reference']}."
+            f"{result.reference.mean:.2f} in the held-out stories, a difference of "
+            f"{_signed(summary.against_reference, '.2f')} story by story: "
+            f"{summary.verdicts['generated_rate_vs_reference']}."
         )
         if summary.differences:
             parts = []
@@ -162,7 +164,9 @@ def report_markdown(result: ExperimentResult) -> str:
         f"100 words.",
         "",
         "Every value: the mean over seeds with its 95% interval (seed-level measures: Student's t over seeds; "
-        "generated rates: bootstrap over seeds, then stories).",
+        "generated rates: bootstrap over seeds, then stories). An arm's rate is judged against the reference "
+        "story by story (each prompt's continuation against the rest of its own story, stories resampled on both "
+        "sides together), so the reference's own sampling error counts.",
         "",
         "## Results",
         "",
