@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 WEIGHT ?= 5
 RUN_DIR ?= runs/w$(WEIGHT)
 TRAIN_ARGS ?=
-# The seeded study's budget: steps per run. Nine tiny runs of 400 steps fit within an hour of 2 CPU cores;
-# on a GPU, `make experiment STEPS=2000` runs the preset's full budget.
+# The seeded study's budget: steps per run and seeds. Fifteen tiny runs of 400 steps (5 seeds) take about
+# half an hour of 2 CPU cores; on a GPU, `make experiment STEPS=2000` runs the preset's full budget.
 STEPS ?= 400
+SEEDS ?= 5
 
 # One stamp per install level, so each target installs only what it needs, once per pyproject.toml change.
 RUNTIME_STAMP := $(VENV)/.installed-runtime
@@ -65,7 +66,7 @@ resume: train
 
 # Rerunning it reuses finished runs and resumes an interrupted one.
 experiment: $(PLOT_STAMP)
-	$(BIN)/tstool experiment --config tiny --max-steps $(STEPS) --prompts 48 --out-dir runs/experiment
+	$(BIN)/tstool experiment --config tiny --max-steps $(STEPS) --seeds $(SEEDS) --prompts 48 --out-dir runs/experiment
 
 bench: install-dev
 	$(BIN)/python -m bench
