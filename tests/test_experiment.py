@@ -100,14 +100,16 @@ def test_intervals_cover_the_truth_and_say_no_clear_difference_when_they_cover_z
     assert more.low > 4.0 and direction(more) == "higher"
 
 
-def test_the_verdict_against_the_reference_counts_the_references_own_sampling_error() -> None:
+@pytest.mark.parametrize("seeds", [2, 5, 20])
+def test_the_verdict_against_the_reference_counts_the_references_own_sampling_error(seeds: int) -> None:
     # Stories go on with 4 or 13 articles per 100 words (8.5 pooled). A model writing 9 in every story
-    # of five seeds has no spread of its own, yet 48 such stories cannot tell 9 from 8.5.
+    # has no spread of its own, yet 48 such stories cannot tell 9 from 8.5, however many seeds are run.
     reference = [(4, 100), (13, 100)] * 24
     faithful = [Measured(ArmKey(1.0, "baseline"), seed, "w1", Correction(0.0, "none"), {"article_recall": 0.5},
-                         [], [], [(9, 100)] * 48, "") for seed in range(5)]  # fmt: skip
+                         [], [], [(9, 100)] * 48, "") for seed in range(seeds)]  # fmt: skip
     [summary] = summarise(faithful, reference)
     assert summary.estimates["generated_rate"].covers(8.5) is False  # the model's interval alone excludes it
+    assert summary.against_reference.low < -0.5 and summary.against_reference.high > 1.5  # as wide as 48 stories
     assert summary.against_reference.mean == pytest.approx(0.5)
     assert summary.verdicts["generated_rate_vs_reference"] == "consistent with the corpus"
     doubled = [dataclasses.replace(m, stories=[(18, 100)] * 48) for m in faithful]

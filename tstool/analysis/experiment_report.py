@@ -164,9 +164,10 @@ def report_markdown(result: ExperimentResult) -> str:
         f"100 words.",
         "",
         "Every value: the mean over seeds with its 95% interval (seed-level measures: Student's t over seeds; "
-        "generated rates: bootstrap over seeds, then stories). An arm's rate is judged against the reference "
-        "story by story (each prompt's continuation against the rest of its own story, stories resampled on both "
-        "sides together), so the reference's own sampling error counts.",
+        "generated rates: bootstrap over seeds and prompts, one draw of prompts for every seed, since every seed "
+        "continues the same prompts). An arm's rate is judged against the reference story by story (each "
+        "prompt's continuation against the rest of its own story, the same prompts drawn on both sides), so the "
+        "reference's own sampling error counts.",
         "",
         "## Results",
         "",

@@ -159,6 +159,9 @@ def shift_verdict(block_losses: torch.Tensor, tokens: int) -> ShiftProbe:
             f"loss against the next token ({next_loss:.3f}) is {gap.text()} below the token after next "
             f"({after_next_loss:.3f}): labels were aligned"
         )
+    elif gap.n < 2:
+        verdict = "inconclusive"
+        message = f"{losses} come from one block, which gives no interval: evaluate more blocks (--max-blocks)"
     elif abs(gap.mean) <= SHIFT_MARGIN:
         verdict = "inconclusive"
         message = f"{losses} differ by less than {SHIFT_MARGIN}: the model is too weak to tell how its labels align"

@@ -1,5 +1,6 @@
 """Intervals for a seeded A/B of small models: across seeds, and for generated text across seeds and
-then stories (a two-level bootstrap), with the verdict an interval supports."""
+prompts (a crossed bootstrap: every seed continues the same prompts), with the verdict an interval
+supports."""
 
 from __future__ import annotations
 
@@ -60,10 +61,14 @@ def rate(stories: StoryCounts) -> float:
     return 100.0 * sum(a for a, _ in stories) / words if words else 0.0
 
 
-def _picks(seeds: Sequence[StoryCounts], rng: random.Random) -> tuple[list[int], list[list[int]]]:
-    """One bootstrap draw: seeds with replacement, then stories with replacement within each drawn seed."""
-    seed_picks = [rng.randrange(len(seeds)) for _ in seeds]
-    return seed_picks, [[rng.randrange(len(seeds[s])) for _ in seeds[s]] for s in seed_picks]
+def _picks(seeds: Sequence[StoryCounts], rng: random.Random) -> tuple[list[int], list[int]]:
+    """One bootstrap draw: seeds with replacement, and prompts with replacement. Every seed continues the
+    same prompts, so seeds and prompts are crossed, not nested: one draw of prompts serves every drawn
+    seed (drawing prompts afresh per seed would average a prompt's own effect away as seeds are added)."""
+    prompts = len(seeds[0])
+    if any(len(s) != prompts for s in seeds):
+        raise ValueError("every seed must continue the same prompts")
+    return [rng.randrange(len(seeds)) for _ in seeds], [rng.randrange(prompts) for _ in range(prompts)]
 
 
 def _percentile_estimate(point: float, draws: list[float], n: int) -> Estimate:
@@ -72,17 +77,14 @@ def _percentile_estimate(point: float, draws: list[float], n: int) -> Estimate:
 
 
 def bootstrap_rate(seeds: Sequence[StoryCounts], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> Estimate:
-    """The mean over seeds of the generated article rate, with a 95% interval resampling seeds, then
-    stories within each seed."""
+    """The mean over seeds of the generated article rate, with a 95% interval resampling seeds and
+    prompts (`_picks`)."""
     point = math.fsum(rate(s) for s in seeds) / len(seeds)
     rng = random.Random(seed)
     draws = []
     for _ in range(rounds):
-        seed_picks, story_picks = _picks(seeds, rng)
-        draws.append(
-            math.fsum(rate([seeds[s][i] for i in picks]) for s, picks in zip(seed_picks, story_picks, strict=True))
-            / len(seeds)
-        )
+        seed_picks, picks = _picks(seeds, rng)
+        draws.append(math.fsum(rate([seeds[s][i] for i in picks]) for s in seed_picks) / len(seeds))
     return _percentile_estimate(point, draws, len(seeds))
 
 
@@ -90,17 +92,16 @@ def bootstrap_rate_difference(
     arm: Sequence[StoryCounts], base: Sequence[StoryCounts], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
 ) -> Estimate:
     """The mean paired difference of generated article rates (arm minus base, seed by seed), with a 95%
-    interval; seeds and stories are resampled jointly, since both arms share seeds and prompts."""
+    interval; seeds and prompts are resampled jointly on both sides (`_picks`), since both share them.
+    A base that is the same on every seed (the stories' own rests) is resampled with the same prompts."""
     if len(arm) != len(base) or any(len(a) != len(b) for a, b in zip(arm, base, strict=True)):
         raise ValueError("paired rates need the same seeds and the same prompts on both sides")
     point = math.fsum(rate(a) - rate(b) for a, b in zip(arm, base, strict=True)) / len(arm)
     rng = random.Random(seed)
     draws = []
     for _ in range(rounds):
-        seed_picks, story_picks = _picks(arm, rng)
-        total = 0.0
-        for s, picks in zip(seed_picks, story_picks, strict=True):
-            total += rate([arm[s][i] for i in picks]) - rate([base[s][i] for i in picks])
+        seed_picks, picks = _picks(arm, rng)
+        total = math.fsum(rate([arm[s][i] for i in picks]) - rate([base[s][i] for i in picks]) for s in seed_picks)
         draws.append(total / len(arm))
     return _percentile_estimate(point, draws, len(arm))
 

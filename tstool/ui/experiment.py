@@ -45,6 +45,8 @@ def render_experiment(console: Console, result: ExperimentResult) -> None:
             estimate = summary.estimates.get(key)
             verdict = summary.verdicts.get("generated_rate_vs_reference" if key == "generated_rate" else key)
             text = Text("-" if estimate is None else estimate.text(fmt))
+            if key == "generated_rate":  # the verdict rests on the story-by-story difference, not on this interval
+                text.append(f"\n{summary.against_reference.text('+.2f')} vs the stories")
             if verdict is not None:
                 text.append(f"\n{verdict}", style=VERDICT_STYLE.get(verdict, "dim"))
             cells.append(text)
