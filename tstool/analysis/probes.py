@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from tstool.analysis.statistics import Estimate, t_interval
+from tstool.analysis.statistics import Estimate, direction, t_interval
 from tstool.data.articles import ArticleSet
 from tstool.data.tokenizer import TextTokenizer
 from tstool.model.loading import LanguageModel, model_device
@@ -145,15 +145,16 @@ def shift_verdict(block_losses: torch.Tensor, tokens: int) -> ShiftProbe:
     case; inconclusive otherwise."""
     next_loss, after_next_loss = block_losses.mean(dim=0).tolist()
     gap = t_interval((block_losses[:, 1] - block_losses[:, 0]).tolist())
+    side = direction(gap)  # "lower" or "higher" only when the interval excludes zero
     losses = f"loss against the next token ({next_loss:.3f}) and the token after next ({after_next_loss:.3f})"
-    if gap.high is not None and gap.mean < -SHIFT_MARGIN and gap.high < 0:
+    if side == "lower" and gap.mean < -SHIFT_MARGIN:
         verdict: ShiftVerdict = "misaligned"
         message = (
             f"loss against the token after next ({after_next_loss:.3f}) is lower than against the next token "
             f"({next_loss:.3f}), gap {gap.text()}: the model was trained on labels shifted twice (the "
             "double-shift bug); shift labels exactly once and retrain"
         )
-    elif gap.low is not None and gap.mean > SHIFT_MARGIN and gap.low > 0:
+    elif side == "higher" and gap.mean > SHIFT_MARGIN:
         verdict = "aligned"
         message = (
             f"loss against the next token ({next_loss:.3f}) is {gap.text()} below the token after next "
